@@ -1,0 +1,58 @@
+-- Record the outcome of every transmission of a sent batch, in one
+-- statement: S with the gateway's id, or E with the error and either the
+-- next attempt time (exponential backoff with jitter) or, when the failure is
+-- permanent or attempts are used up, no next attempt (final E). Every failure
+-- is appended to the attempt history; messages get their counters and status
+-- updated by deltas.
+--
+-- $1 lease token, $2 transmission ids, $3 sent?, $4 gateway ids, $5 errors,
+-- $6 permanent?, $7 max attempts, $8 backoff base (s), $9 backoff cap (s).
+--
+-- Fenced: only rows still P under this batch's lease token are touched, so a
+-- worker whose lease expired (and whose rows another worker re-claimed)
+-- changes nothing. Locks: those transmissions, and their messages in id
+-- order (claims lock in the same order, so the two cannot deadlock).
+WITH outcome AS (
+    SELECT * FROM unnest($2::bigint[], $3::boolean[], $4::text[], $5::text[], $6::boolean[])
+        AS o(id, sent, gateway_id, error, permanent)
+), done AS (
+    UPDATE dbrouter.transmissions t
+       SET status = CASE WHEN o.sent THEN 'S' ELSE 'E' END,
+           lease_token = NULL,
+           due_at = CASE
+               WHEN o.sent OR o.permanent OR t.attempts >= $7 THEN NULL
+               ELSE now() + make_interval(secs => least($9, $8 * power(2, least(t.attempts - 1, 30)))
+                                                  * (0.5 + random()))
+           END,
+           sent_at = CASE WHEN o.sent THEN now() ELSE t.sent_at END,
+           external_id = CASE WHEN o.sent THEN o.gateway_id ELSE t.external_id END,
+           last_error = CASE WHEN o.sent THEN t.last_error ELSE o.error END,
+           updated_at = now()
+      FROM outcome o
+     WHERE t.id = o.id AND t.lease_token = $1 AND t.status = 'P'
+    RETURNING t.id, t.message_id, t.attempts, t.status, t.due_at, o.error
+), history AS (
+    INSERT INTO dbrouter.attempts (transmission_id, attempt, error, final)
+    SELECT id, attempts, coalesce(error, 'unknown error'), due_at IS NULL
+      FROM done WHERE status = 'E'
+), deltas AS (
+    SELECT message_id,
+           count(*) FILTER (WHERE status = 'S')::integer AS sent,
+           count(*) FILTER (WHERE status = 'E')::integer AS failed
+      FROM done GROUP BY message_id
+), locked AS (
+    SELECT m.id, d.sent, d.failed
+      FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
+     ORDER BY m.id
+       FOR UPDATE OF m
+), rolled AS (
+    UPDATE dbrouter.messages m
+       SET n_done = m.n_done + l.sent,
+           n_error = m.n_error + l.failed,
+           status = dbrouter.rollup(m.n_total, m.n_error + l.failed, m.n_done + l.sent, m.n_delivered),
+           sent_at = CASE WHEN m.n_done + l.sent = m.n_total THEN coalesce(m.sent_at, now()) ELSE m.sent_at END,
+           updated_at = now()
+      FROM locked l
+     WHERE m.id = l.id
+)
+SELECT count(*) AS recorded FROM done

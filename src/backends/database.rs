@@ -1,0 +1,147 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::{Backend, Outcome, SendError, SendRequest};
+
+/// Records every send in `dbrouter.database_backend_sends`, one row per
+/// accepted identity, committed on its own like an external gateway.
+///
+/// Config (all optional), for exercising retries and partial failures:
+/// ```json
+/// {"fail": {"attempts": 2, "identities": ["+255700000001"], "permanent": false,
+///           "error": "simulated failure"},
+///  "delay": "200ms"}
+/// ```
+/// `fail` fails the listed identities (all when `identities` is absent) on
+/// their first `attempts` attempts (every attempt when absent). `delay` waits
+/// before recording, like a slow gateway.
+pub struct Database {
+    name: String,
+    pool: PgPool,
+    config: Config,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    fail: Option<Fail>,
+    #[serde(default, with = "humantime_serde_opt")]
+    delay: Option<Duration>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fail {
+    attempts: Option<i32>,
+    identities: Option<HashSet<String>>,
+    #[serde(default)]
+    permanent: bool,
+    error: Option<String>,
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+impl Database {
+    pub fn from_config(name: &str, config: &Value, pool: PgPool) -> Result<Self, String> {
+        let config: Config = serde_json::from_value(config.clone())
+            .map_err(|e| format!("invalid config for the database engine: {e}"))?;
+        Ok(Database {
+            name: name.to_string(),
+            pool,
+            config,
+        })
+    }
+
+    fn fails(&self, identity: &str, attempt: i32) -> Option<Outcome> {
+        let fail = self.config.fail.as_ref()?;
+        if let Some(n) = fail.attempts {
+            if attempt > n {
+                return None;
+            }
+        }
+        if let Some(ids) = &fail.identities {
+            if !ids.contains(identity) {
+                return None;
+            }
+        }
+        Some(Outcome::Failed {
+            error: fail
+                .error
+                .clone()
+                .unwrap_or_else(|| "simulated failure".into()),
+            permanent: fail.permanent,
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for Database {
+    async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError> {
+        if let Some(delay) = self.config.delay {
+            tokio::time::sleep(delay).await;
+        }
+        let outcomes: Vec<Outcome> = req
+            .recipients
+            .iter()
+            .map(|r| {
+                self.fails(&r.identity, r.attempt)
+                    .unwrap_or(Outcome::Sent { gateway_id: None })
+            })
+            .collect();
+        let accepted: Vec<_> = req
+            .recipients
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, Outcome::Sent { .. }))
+            .map(|(r, _)| r)
+            .collect();
+        if !accepted.is_empty() {
+            sqlx::query(include_str!("../../sql/database_backend_record.sql"))
+                .bind(&self.name)
+                .bind(req.batch)
+                .bind(req.message_id)
+                .bind(&req.text)
+                .bind(req.in_response_to)
+                .bind(&req.reply_to_external_id)
+                .bind(
+                    accepted
+                        .iter()
+                        .map(|r| r.transmission_id)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    accepted
+                        .iter()
+                        .map(|r| r.identity.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(accepted.iter().map(|r| r.attempt).collect::<Vec<_>>())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| SendError {
+                    error: format!("database backend could not record the send: {e}"),
+                    permanent: false,
+                })?;
+        }
+        Ok(outcomes)
+    }
+}

@@ -1,0 +1,126 @@
+//! Backends: where messages go.
+//!
+//! A backend engine implements [`Backend::send`]: one text to some identities
+//! of one message, returning an [`Outcome`] per identity, in order. Backends
+//! are rows in `dbrouter.backends`; [`build`] turns a row's engine and config
+//! into an implementation, or a configuration error that names the problem.
+
+mod console;
+mod database;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::PgPool;
+
+pub use console::Console;
+pub use database::Database;
+
+/// One identity of a send call.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    pub transmission_id: i64,
+    pub identity: String,
+    /// 1 for the first attempt.
+    pub attempt: i32,
+}
+
+/// One send call: one message's text to some of its identities.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub backend: String,
+    /// The claimed batch this call belongs to (its lease token).
+    pub batch: i64,
+    pub message_id: i64,
+    pub text: String,
+    pub recipients: Vec<Recipient>,
+    /// The inbound message this one replies to.
+    pub in_response_to: Option<i64>,
+    /// That inbound message's gateway id, for gateways that thread replies.
+    pub reply_to_external_id: Option<String>,
+}
+
+/// What happened to one identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by the gateway, with its message id if it gave one.
+    Sent { gateway_id: Option<String> },
+    /// Not sent. A permanent failure is not retried.
+    Failed { error: String, permanent: bool },
+}
+
+impl Outcome {
+    pub fn retryable(error: impl Into<String>) -> Self {
+        Outcome::Failed {
+            error: error.into(),
+            permanent: false,
+        }
+    }
+    pub fn permanent(error: impl Into<String>) -> Self {
+        Outcome::Failed {
+            error: error.into(),
+            permanent: true,
+        }
+    }
+}
+
+/// A failure of the whole call (every identity failed the same way).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}")]
+pub struct SendError {
+    pub error: String,
+    pub permanent: bool,
+}
+
+/// A backend engine.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Send one message to its recipients. The result has one outcome per
+    /// recipient, in the same order; a shorter or longer list is treated as
+    /// a failure of the missing identities.
+    async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError>;
+}
+
+/// Settings every engine shares, from the backend's config.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// Deadline of one send call (`"timeout": "20s"`).
+    pub timeout: Option<Duration>,
+}
+
+/// A built backend with its shared settings.
+pub struct Built {
+    pub backend: Arc<dyn Backend>,
+    pub common: Common,
+}
+
+/// Build the engine `engine` for backend `name` from its `config`.
+pub fn build(name: &str, engine: &str, config: &Value, pool: &PgPool) -> Result<Built, String> {
+    let timeout = match config.get("timeout") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(
+            humantime::parse_duration(s)
+                .map_err(|e| format!("config.timeout {s:?} is not a duration like \"20s\": {e}"))?,
+        ),
+        Some(other) => {
+            return Err(format!(
+                "config.timeout must be a string like \"20s\", got {other}"
+            ))
+        }
+    };
+    let backend: Arc<dyn Backend> = match engine {
+        "database" => Arc::new(Database::from_config(name, config, pool.clone())?),
+        "console" => Arc::new(Console::new(name)),
+        other => {
+            return Err(format!(
+                "unknown engine {other:?}; the engines are database, console"
+            ))
+        }
+    };
+    Ok(Built {
+        backend,
+        common: Common { timeout },
+    })
+}

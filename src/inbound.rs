@@ -1,0 +1,169 @@
+//! Inbound: claim queued inbound messages, run the apps, write the replies and
+//! mark the messages R or E, all in the claiming transaction.
+//!
+//! The claim's row locks are the crash protection: if the worker dies, the
+//! transaction aborts and the messages are queued again. Apps run under a
+//! deadline (`--app-timeout`) so they cannot hold the transaction open for
+//! long. A message whose replies the database refuses (a poison message) is
+//! isolated by splitting the batch under savepoints and ends E alone.
+
+use futures::future::join_all;
+use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
+use tokio::time::Instant;
+
+use crate::apps::{IncomingMessage, Pipeline, Verdict};
+use crate::config::WorkerConfig;
+use crate::copy_text::push_row;
+use crate::db::is_transient;
+use crate::error::Result;
+
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    id: i64,
+    text: String,
+    external_id: Option<String>,
+    fields: serde_json::Value,
+    #[allow(dead_code)]
+    transmission_id: i64,
+    identity: String,
+    backend: String,
+}
+
+/// One message's result: its replies, or why it failed.
+struct Processed {
+    id: i64,
+    backend: String,
+    identity: String,
+    result: std::result::Result<Vec<String>, String>,
+}
+
+/// Process one batch. Returns how many messages were claimed.
+pub async fn run_batch(pool: &PgPool, cfg: &WorkerConfig, pipeline: &Pipeline) -> Result<usize> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<Row> = sqlx::query_as(include_str!("../sql/inbound_claim.sql"))
+        .bind(i64::from(cfg.batch_size))
+        .fetch_all(&mut *tx)
+        .await?;
+    if rows.is_empty() {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    let n = rows.len();
+    let deadline = Instant::now() + cfg.app_timeout;
+    let processed = join_all(
+        rows.into_iter()
+            .map(|row| run_apps(pipeline, row, deadline, cfg)),
+    )
+    .await;
+    write(&mut tx, &processed).await?;
+    tx.commit().await?;
+    tracing::debug!(n, "processed inbound batch");
+    Ok(n)
+}
+
+async fn run_apps(
+    pipeline: &Pipeline,
+    row: Row,
+    deadline: Instant,
+    cfg: &WorkerConfig,
+) -> Processed {
+    let mut msg = IncomingMessage {
+        id: row.id,
+        backend: row.backend.clone(),
+        identity: row.identity.clone(),
+        text: row.text,
+        external_id: row.external_id,
+        fields: row.fields,
+        handled: false,
+        responses: Vec::new(),
+    };
+    let result = match tokio::time::timeout_at(deadline, pipeline.incoming(&mut msg)).await {
+        Err(_) => Err(format!(
+            "the apps did not finish within {} (--app-timeout)",
+            humantime::format_duration(cfg.app_timeout)
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(Verdict::Filtered)) => Ok(Vec::new()),
+        Ok(Ok(Verdict::Replies(r))) => Ok(r),
+    };
+    Processed {
+        id: row.id,
+        backend: row.backend,
+        identity: row.identity,
+        result,
+    }
+}
+
+/// Write replies and marks, isolating messages the database refuses.
+async fn write(tx: &mut Transaction<'_, Postgres>, items: &[Processed]) -> Result<()> {
+    let mut pending: Vec<&[Processed]> = vec![items];
+    while let Some(chunk) = pending.pop() {
+        let mut sp = tx.begin().await?;
+        match write_chunk(&mut sp, chunk).await {
+            Ok(()) => sp.commit().await?,
+            Err(e) if matches!(e, sqlx::Error::Database(_)) && !is_transient(&e) => {
+                sp.rollback().await?;
+                if let [one] = chunk {
+                    tracing::warn!(message = one.id, error = %e, "poison message: marking it E");
+                    let error = format!("the database refused this message's replies: {e}");
+                    mark(tx, &[one.id], &[Some(error)]).await?;
+                } else {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    pending.push(b);
+                    pending.push(a);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn write_chunk(
+    conn: &mut PgConnection,
+    chunk: &[Processed],
+) -> std::result::Result<(), sqlx::Error> {
+    let mut copy = String::new();
+    for p in chunk {
+        if let Ok(replies) = &p.result {
+            let in_response_to = p.id.to_string();
+            for text in replies {
+                push_row(
+                    &mut copy,
+                    &[
+                        Some(&p.backend),
+                        Some(&p.identity),
+                        Some(text),
+                        Some(&in_response_to),
+                    ],
+                );
+            }
+        }
+    }
+    if !copy.is_empty() {
+        let mut sink = conn
+            .copy_in_raw(include_str!("../sql/copy_replies.sql"))
+            .await?;
+        sink.send(copy.into_bytes()).await?;
+        sink.finish().await?;
+    }
+    let ids: Vec<i64> = chunk.iter().map(|p| p.id).collect();
+    let errors: Vec<Option<String>> = chunk
+        .iter()
+        .map(|p| p.result.as_ref().err().cloned())
+        .collect();
+    mark(conn, &ids, &errors).await
+}
+
+async fn mark(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    errors: &[Option<String>],
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(include_str!("../sql/inbound_mark.sql"))
+        .bind(ids)
+        .bind(errors)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

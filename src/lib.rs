@@ -1,0 +1,25 @@
+//! dbrouter: a PostgreSQL-native SMS message router.
+//!
+//! A message's path through the code:
+//! - it is enqueued by SQL (`dbrouter.inbox`, `dbrouter.outbox`,
+//!   `dbrouter.broadcast()`; see `migrations/`), which wakes the workers;
+//! - [`worker`] runs lanes that each loop over [`inbound`] (claim queued
+//!   inbound messages, run the [`apps`], write replies, mark R/E) and
+//!   [`outbound`] (claim due transmissions per backend, send them through a
+//!   [`backends`] engine, record S/E);
+//! - [`admin`] holds what the CLI and operators use besides the worker.
+
+pub mod admin;
+pub mod apps;
+pub mod backends;
+pub mod config;
+pub mod copy_text;
+pub mod db;
+pub mod error;
+pub mod inbound;
+pub mod outbound;
+pub mod registry;
+pub mod worker;
+
+pub use config::WorkerConfig;
+pub use error::Error;

@@ -1,0 +1,251 @@
+//! Outbound: claim due transmissions of one backend, send them, record the
+//! outcomes.
+//!
+//! 1. [`claim`] marks up to a batch of due transmissions P under a fresh lease
+//!    token and commits (short transaction; the lease protects them after).
+//! 2. [`send`] runs the apps' outgoing phase and calls the backend once per
+//!    message of the batch, each call under the backend's timeout and all
+//!    under a batch deadline of half the lease.
+//! 3. [`finish`] records every outcome in one transaction, fenced by the lease
+//!    token, retrying on transient database errors.
+//!
+//! A send that outlives its lease can be repeated by another worker: delivery
+//! is at-least-once on that path (see the README).
+
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+use crate::apps::{OutgoingMessage, Pipeline};
+use crate::backends::{Outcome, Recipient, SendRequest};
+use crate::config::WorkerConfig;
+use crate::db::is_transient;
+use crate::error::Result;
+use crate::registry::BackendEntry;
+
+/// Send calls of one batch in flight at once.
+const SEND_PARALLELISM: usize = 32;
+
+/// A claimed transmission.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub transmission_id: i64,
+    pub message_id: i64,
+    pub attempts: i32,
+    pub identity: String,
+    pub text: String,
+    pub in_response_to: Option<i64>,
+    pub reply_to_external_id: Option<String>,
+}
+
+/// Claim up to `limit` due transmissions of backend `backend_id`.
+pub async fn claim(
+    pool: &PgPool,
+    backend_id: i32,
+    limit: u32,
+    token: i64,
+    lease: Duration,
+) -> Result<Vec<Claimed>> {
+    let rows = sqlx::query_as::<_, Claimed>(include_str!("../sql/outbound_claim.sql"))
+        .bind(backend_id)
+        .bind(i64::from(limit))
+        .bind(token)
+        .bind(lease.as_secs_f64())
+        .fetch_all(pool)
+        .await?;
+    Ok(rows)
+}
+
+/// Send a claimed batch; returns an outcome per transmission.
+pub async fn send(
+    entry: &BackendEntry,
+    pipeline: &Pipeline,
+    token: i64,
+    claimed: &[Claimed],
+    batch_deadline: Instant,
+) -> Vec<(i64, Outcome)> {
+    let backend = match &entry.engine_impl {
+        Ok(b) => b.clone(),
+        Err(problem) => {
+            let o = Outcome::retryable(format!(
+                "backend {:?} is misconfigured: {problem}",
+                entry.name
+            ));
+            return claimed
+                .iter()
+                .map(|c| (c.transmission_id, o.clone()))
+                .collect();
+        }
+    };
+    let groups = group_by_message(claimed);
+    let calls = groups.into_iter().map(|rows| {
+        let backend = backend.clone();
+        async move {
+            let first = &rows[0];
+            let ids: Vec<i64> = rows.iter().map(|r| r.transmission_id).collect();
+            let all = |o: Outcome| ids.iter().map(|id| (*id, o.clone())).collect::<Vec<_>>();
+            let outgoing = OutgoingMessage {
+                id: first.message_id,
+                backend: entry.name.clone(),
+                text: first.text.clone(),
+                identities: rows.iter().map(|r| r.identity.clone()).collect(),
+                in_response_to: first.in_response_to,
+            };
+            match pipeline.outgoing(&outgoing).await {
+                Ok(None) => {}
+                Ok(Some(app)) => {
+                    return all(Outcome::permanent(format!("cancelled by app {app:?}")))
+                }
+                Err(e) => return all(Outcome::retryable(e.to_string())),
+            }
+            let req = SendRequest {
+                backend: entry.name.clone(),
+                batch: token,
+                message_id: first.message_id,
+                text: first.text.clone(),
+                recipients: rows
+                    .iter()
+                    .map(|r| Recipient {
+                        transmission_id: r.transmission_id,
+                        identity: r.identity.clone(),
+                        attempt: r.attempts,
+                    })
+                    .collect(),
+                in_response_to: first.in_response_to,
+                reply_to_external_id: first.reply_to_external_id.clone(),
+            };
+            let deadline = batch_deadline.min(Instant::now() + entry.timeout);
+            match tokio::time::timeout_at(deadline, backend.send(&req)).await {
+                Err(_) => all(Outcome::retryable(format!(
+                    "send timed out after {}",
+                    humantime::format_duration(entry.timeout)
+                ))),
+                Ok(Err(e)) => all(Outcome::Failed {
+                    error: e.error,
+                    permanent: e.permanent,
+                }),
+                Ok(Ok(outcomes)) => {
+                    let n = outcomes.len();
+                    let mut out: Vec<(i64, Outcome)> = ids.iter().copied().zip(outcomes).collect();
+                    for id in ids.iter().skip(n) {
+                        out.push((
+                            *id,
+                            Outcome::retryable(format!(
+                                "backend returned {n} outcomes for {} identities",
+                                ids.len()
+                            )),
+                        ));
+                    }
+                    out
+                }
+            }
+        }
+    });
+    stream::iter(calls)
+        .buffer_unordered(SEND_PARALLELISM)
+        .flat_map(stream::iter)
+        .collect()
+        .await
+}
+
+fn group_by_message(claimed: &[Claimed]) -> Vec<Vec<Claimed>> {
+    let mut groups: Vec<Vec<Claimed>> = Vec::new();
+    for c in claimed {
+        match groups.last_mut() {
+            Some(g) if g[0].message_id == c.message_id => g.push(c.clone()),
+            _ => groups.push(vec![c.clone()]),
+        }
+    }
+    groups
+}
+
+/// Record a batch's outcomes (fenced by `token`). Returns how many rows were
+/// still this batch's to record. Retries transient errors until `give_up`.
+pub async fn finish(
+    pool: &PgPool,
+    cfg: &WorkerConfig,
+    token: i64,
+    outcomes: &[(i64, Outcome)],
+    give_up: Instant,
+) -> Result<u64> {
+    let mut ids = Vec::with_capacity(outcomes.len());
+    let mut sent = Vec::with_capacity(outcomes.len());
+    let mut gateway_ids: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
+    let mut permanent = Vec::with_capacity(outcomes.len());
+    for (id, o) in outcomes {
+        ids.push(*id);
+        match o {
+            Outcome::Sent { gateway_id } => {
+                sent.push(true);
+                gateway_ids.push(gateway_id.clone());
+                errors.push(None);
+                permanent.push(false);
+            }
+            Outcome::Failed {
+                error,
+                permanent: p,
+            } => {
+                sent.push(false);
+                gateway_ids.push(None);
+                errors.push(Some(error.clone()));
+                permanent.push(*p);
+            }
+        }
+    }
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let result: std::result::Result<(i64,), sqlx::Error> =
+            sqlx::query_as(include_str!("../sql/outbound_finish.sql"))
+                .bind(token)
+                .bind(&ids)
+                .bind(&sent)
+                .bind(&gateway_ids)
+                .bind(&errors)
+                .bind(&permanent)
+                .bind(i32::try_from(cfg.max_attempts).unwrap_or(i32::MAX))
+                .bind(cfg.retry_backoff.as_secs_f64())
+                .bind(cfg.max_backoff.as_secs_f64())
+                .fetch_one(pool)
+                .await;
+        match result {
+            Ok((n,)) => return Ok(u64::try_from(n).unwrap_or(0)),
+            Err(e) if is_transient(&e) && Instant::now() + pause < give_up => {
+                tracing::warn!(error = %e, "could not record a batch's outcomes; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Claim, send and record one batch of `entry`. Returns how many
+/// transmissions were claimed (a full batch means there may be more).
+pub async fn run_batch(
+    pool: &PgPool,
+    cfg: &WorkerConfig,
+    pipeline: &Pipeline,
+    entry: &BackendEntry,
+) -> Result<usize> {
+    let token: i64 = rand::random();
+    let claimed_at = Instant::now();
+    let claimed = claim(pool, entry.id, entry.batch_size, token, cfg.lease).await?;
+    if claimed.is_empty() {
+        return Ok(0);
+    }
+    let outcomes = send(entry, pipeline, token, &claimed, claimed_at + cfg.lease / 2).await;
+    let recorded = finish(pool, cfg, token, &outcomes, claimed_at + cfg.lease).await?;
+    if recorded < outcomes.len() as u64 {
+        tracing::warn!(
+            backend = %entry.name,
+            claimed = outcomes.len(),
+            recorded,
+            "lease expired before the outcomes were recorded; another worker owns the rest"
+        );
+    }
+    tracing::debug!(backend = %entry.name, n = claimed.len(), "sent batch");
+    Ok(claimed.len())
+}

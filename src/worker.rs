@@ -1,0 +1,231 @@
+//! `dbrouter worker`: lanes that claim and process batches until shutdown.
+//!
+//! Each of `--concurrency` lanes loops: one inbound batch, then one outbound
+//! batch per enabled backend (starting at a different backend each pass, so
+//! one busy backend does not always go first). After a pass in which some
+//! batch came back full, the lane goes again at once; otherwise it waits for
+//! a notification (LISTEN on channel `dbrouter`) or the poll interval,
+//! whichever comes first. Notifications can be lost while the listener is
+//! reconnecting, so the poll is the safety net, and after every reconnect the
+//! lanes are woken to look.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{watch, Mutex, RwLock};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::apps::Pipeline;
+use crate::config::WorkerConfig;
+use crate::error::Result;
+use crate::registry::{self, BackendEntry};
+use crate::{inbound, outbound};
+
+/// The channel enqueues notify.
+pub const CHANNEL: &str = "dbrouter";
+
+/// One worker process's shared state.
+pub struct Worker {
+    pool: PgPool,
+    cfg: WorkerConfig,
+    pipeline: Pipeline,
+    backends: RwLock<Arc<Vec<BackendEntry>>>,
+    loaded_at: Mutex<Instant>,
+    config_dirty: AtomicBool,
+    wake: watch::Sender<u64>,
+    next_backend: AtomicUsize,
+}
+
+/// What one pass over the queues found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pass {
+    /// Rows claimed in this pass.
+    pub claimed: usize,
+    /// Whether some batch was full (there may be more right away).
+    pub full: bool,
+}
+
+impl Worker {
+    /// Validate the settings and load the backends.
+    pub async fn new(pool: PgPool, cfg: WorkerConfig, pipeline: Pipeline) -> Result<Arc<Self>> {
+        cfg.validate()?;
+        let backends = registry::load(&pool, &cfg, &[]).await?;
+        let (wake, _) = watch::channel(0);
+        Ok(Arc::new(Worker {
+            pool,
+            cfg,
+            pipeline,
+            backends: RwLock::new(Arc::new(backends)),
+            loaded_at: Mutex::new(Instant::now()),
+            config_dirty: AtomicBool::new(false),
+            wake,
+            next_backend: AtomicUsize::new(0),
+        }))
+    }
+
+    pub fn config(&self) -> &WorkerConfig {
+        &self.cfg
+    }
+
+    /// Run until `shutdown` is cancelled; in-flight batches finish first.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<()> {
+        let listener =
+            (!self.cfg.poll_only).then(|| tokio::spawn(self.clone().listen(shutdown.clone())));
+        let lanes: Vec<_> = (0..self.cfg.concurrency)
+            .map(|_| tokio::spawn(self.clone().lane(shutdown.clone())))
+            .collect();
+        for lane in lanes {
+            if let Err(e) = lane.await {
+                tracing::error!(error = %e, "a worker lane panicked");
+            }
+        }
+        if let Some(l) = listener {
+            l.abort();
+        }
+        Ok(())
+    }
+
+    /// Process until a pass finds no due work (used by tests and `--exit-when-idle`).
+    pub async fn drain(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let pass = self.work_once().await?;
+            total += pass.claimed;
+            if pass.claimed == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One inbound batch, then one outbound batch per enabled backend.
+    pub async fn work_once(&self) -> Result<Pass> {
+        self.refresh_backends().await?;
+        let mut pass = Pass::default();
+        let n = inbound::run_batch(&self.pool, &self.cfg, &self.pipeline).await?;
+        pass.claimed += n;
+        pass.full |= n >= self.cfg.batch_size as usize;
+
+        let backends = self.backends.read().await.clone();
+        let start = self.next_backend.fetch_add(1, Ordering::Relaxed);
+        for i in 0..backends.len() {
+            let entry = &backends[(start + i) % backends.len()];
+            if !entry.enabled || entry.engine_impl.is_err() {
+                continue;
+            }
+            let n = outbound::run_batch(&self.pool, &self.cfg, &self.pipeline, entry).await?;
+            pass.claimed += n;
+            pass.full |= n >= entry.batch_size as usize;
+        }
+        Ok(pass)
+    }
+
+    async fn refresh_backends(&self) -> Result<()> {
+        let mut loaded_at = self.loaded_at.lock().await;
+        let dirty = self.config_dirty.swap(false, Ordering::AcqRel);
+        if !dirty && loaded_at.elapsed() < self.cfg.poll_interval {
+            return Ok(());
+        }
+        let previous = self.backends.read().await.clone();
+        match registry::load(&self.pool, &self.cfg, &previous).await {
+            Ok(entries) => {
+                *self.backends.write().await = Arc::new(entries);
+                *loaded_at = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                if dirty {
+                    self.config_dirty.store(true, Ordering::Release);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn wake_lanes(&self) {
+        self.wake.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    async fn lane(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut wake = self.wake.subscribe();
+        let mut failures: u32 = 0;
+        while !shutdown.is_cancelled() {
+            wake.borrow_and_update();
+            let wait = match self.work_once().await {
+                Ok(pass) => {
+                    failures = 0;
+                    if pass.full {
+                        continue;
+                    }
+                    self.cfg.poll_interval
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
+                    tracing::warn!(error = %e, retry_in = ?pause, "worker pass failed; will retry");
+                    pause
+                }
+            };
+            tokio::select! {
+                _ = wake.changed(), if failures == 0 => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    async fn listen(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let connected = async {
+                let mut l = PgListener::connect_with(&self.pool).await?;
+                l.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut listener = tokio::select! {
+                r = connected => match r {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot LISTEN; polling until it works");
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            pause = Duration::from_millis(200);
+            // Anything enqueued while we were not listening: look now.
+            self.config_dirty.store(true, Ordering::Release);
+            self.wake_lanes();
+            loop {
+                tokio::select! {
+                    r = listener.try_recv() => match r {
+                        Ok(Some(n)) => {
+                            if n.payload() == "config" {
+                                self.config_dirty.store(true, Ordering::Release);
+                            }
+                            self.wake_lanes();
+                        }
+                        Ok(None) => {
+                            tracing::warn!("listener connection lost; reconnected");
+                            self.config_dirty.store(true, Ordering::Release);
+                            self.wake_lanes();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "listener failed; reconnecting");
+                            break;
+                        }
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Test support: a fresh, migrated database per test on the server in
+//! DATABASE_URL (bin/test starts a throwaway one), and helpers to wait for
+//! conditions instead of sleeping.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dbrouter::apps::{App, Echo, Pipeline};
+use dbrouter::worker::Worker;
+use dbrouter::WorkerConfig;
+use serde_json::Value;
+use sqlx::PgPool;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    pub name: String,
+}
+
+fn base_url() -> String {
+    std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL is not set: run the tests with bin/test, which starts a throwaway PostgreSQL",
+    )
+}
+
+/// `url` with its database name replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = main.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part_end = main[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(main.len());
+    let mut out = format!("{}/{}", &main[..host_part_end], db);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let base = base_url();
+        let admin = dbrouter::db::connect(&base, 1)
+            .await
+            .expect("connect to DATABASE_URL");
+        let name = format!(
+            "dbrouter_t_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let url = with_database(&base, &name);
+        let pool = dbrouter::db::connect(&url, 20)
+            .await
+            .expect("connect to test database");
+        dbrouter::db::migrate(&pool).await.expect("migrate");
+        TestDb { pool, url, name }
+    }
+
+    /// Add a backend; returns its id.
+    pub async fn backend(
+        &self,
+        name: &str,
+        engine: &str,
+        config: Value,
+        batch_size: Option<i32>,
+    ) -> i32 {
+        let (id,): (i32,) = sqlx::query_as(
+            "INSERT INTO dbrouter.backends (name, engine, config, batch_size) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(name)
+        .bind(engine)
+        .bind(config)
+        .bind(batch_size)
+        .fetch_one(&self.pool)
+        .await
+        .expect("add backend");
+        id
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        n
+    }
+
+    pub async fn scalar_str(&self, sql: &str) -> String {
+        let (s,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        s
+    }
+
+    pub async fn worker(&self, cfg: WorkerConfig) -> Arc<Worker> {
+        self.worker_with(cfg, vec![Arc::new(Echo)]).await
+    }
+
+    pub async fn worker_with(&self, cfg: WorkerConfig, apps: Vec<Arc<dyn App>>) -> Arc<Worker> {
+        Worker::new(self.pool.clone(), cfg, Pipeline::new(apps))
+            .await
+            .expect("start worker")
+    }
+
+    /// Message counters must always equal a recount of the transmissions.
+    pub async fn assert_counters_consistent(&self) {
+        let bad = self
+            .scalar_i64(
+                "SELECT count(*) FROM dbrouter.messages m
+                   JOIN LATERAL (SELECT count(*) AS total,
+                                        count(*) FILTER (WHERE status = 'E') AS err,
+                                        count(*) FILTER (WHERE status IN ('S','D')) AS done,
+                                        count(*) FILTER (WHERE status = 'D') AS delivered
+                                   FROM dbrouter.transmissions t WHERE t.message_id = m.id) c ON true
+                  WHERE m.direction = 'O'
+                    AND (m.n_total, m.n_error, m.n_done, m.n_delivered) IS DISTINCT FROM
+                        (c.total::int, c.err::int, c.done::int, c.delivered::int)",
+            )
+            .await;
+        assert_eq!(
+            bad, 0,
+            "messages whose counters disagree with their transmissions"
+        );
+    }
+
+    pub async fn drop(self) {
+        self.pool.close().await;
+        if let Ok(admin) = dbrouter::db::connect(&base_url(), 1).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
+
+/// Settings for in-process tests: one lane, retries due at once.
+pub fn test_config() -> WorkerConfig {
+    WorkerConfig {
+        batch_size: 200,
+        concurrency: 1,
+        poll_interval: Duration::from_millis(200),
+        poll_only: false,
+        lease: Duration::from_secs(30),
+        send_timeout: Duration::from_secs(5),
+        app_timeout: Duration::from_secs(5),
+        retry_backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+        max_attempts: 5,
+    }
+}
+
+/// Wait until `check` returns true, polling; panics with `what` after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Start a `dbrouter worker` process on `url` with extra arguments.
+pub fn spawn_worker(url: &str, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dbrouter"))
+        .arg("worker")
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("DBROUTER_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn dbrouter worker")
+}
