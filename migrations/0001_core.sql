@@ -222,12 +222,16 @@ BEGIN
      ORDER BY 1, 2
     ON CONFLICT DO NOTHING;
 
+    -- Message ids follow the order of the inserted rows, so messages of one
+    -- sender are processed in the order they were enqueued.
     WITH src AS MATERIALIZED (
-        SELECT nextval('dbrouter.messages_id_seq') AS mid, c.id AS cid, c.backend_id,
-               n.text, n.external_id, coalesce(n.fields, '{}') AS fields
-          FROM new_rows n
-          JOIN dbrouter.backends b ON b.name = n.backend
-          JOIN dbrouter.connections c ON c.backend_id = b.id AND c.identity = n.identity
+        SELECT nextval('dbrouter.messages_id_seq') AS mid, s.*
+          FROM (SELECT c.id AS cid, c.backend_id, n.text, n.external_id,
+                       coalesce(n.fields, '{}') AS fields
+                  FROM (SELECT *, row_number() OVER () AS rn FROM new_rows) n
+                  JOIN dbrouter.backends b ON b.name = n.backend
+                  JOIN dbrouter.connections c ON c.backend_id = b.id AND c.identity = n.identity
+                 ORDER BY n.rn) s
     ), msg AS (
         INSERT INTO dbrouter.messages (id, direction, status, text, external_id, fields, n_total)
         SELECT mid, 'I', 'Q', text, external_id, fields, 1 FROM src
@@ -283,11 +287,12 @@ BEGIN
     ON CONFLICT DO NOTHING;
 
     WITH src AS MATERIALIZED (
-        SELECT nextval('dbrouter.messages_id_seq') AS mid, c.id AS cid, c.backend_id,
-               n.text, n.in_response_to
-          FROM new_rows n
-          JOIN dbrouter.backends b ON b.name = n.backend
-          JOIN dbrouter.connections c ON c.backend_id = b.id AND c.identity = n.identity
+        SELECT nextval('dbrouter.messages_id_seq') AS mid, s.*
+          FROM (SELECT c.id AS cid, c.backend_id, n.text, n.in_response_to
+                  FROM (SELECT *, row_number() OVER () AS rn FROM new_rows) n
+                  JOIN dbrouter.backends b ON b.name = n.backend
+                  JOIN dbrouter.connections c ON c.backend_id = b.id AND c.identity = n.identity
+                 ORDER BY n.rn) s
     ), msg AS (
         INSERT INTO dbrouter.messages (id, direction, status, text, in_response_to, n_total)
         SELECT mid, 'O', 'Q', text, in_response_to, 1 FROM src

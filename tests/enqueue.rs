@@ -260,3 +260,38 @@ async fn removing_a_backend_with_history_is_refused() {
     );
     db.drop().await;
 }
+
+#[tokio::test]
+async fn message_ids_follow_the_order_of_the_inserted_rows() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.backend("other", "database", json!({}), None).await;
+    // Alternate backends and repeat senders, so joins have reasons to reorder.
+    let values: Vec<String> = (0..300)
+        .map(|i| {
+            format!(
+                "('{}', '+{}', '{i}')",
+                if i % 2 == 0 { "gw" } else { "other" },
+                i % 7
+            )
+        })
+        .collect();
+    for table in ["inbox", "outbox"] {
+        db.exec(&format!(
+            "INSERT INTO dbrouter.{table} (backend, identity, text) VALUES {}",
+            values.join(",")
+        ))
+        .await;
+    }
+    for direction in ["I", "O"] {
+        let out_of_order = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM (SELECT text::int AS n, lag(text::int) OVER (ORDER BY id) AS prev
+                                         FROM dbrouter.messages WHERE direction = '{direction}') s
+                  WHERE n < prev"
+            ))
+            .await;
+        assert_eq!(out_of_order, 0, "direction {direction}");
+    }
+    db.drop().await;
+}

@@ -11,11 +11,14 @@ use super::{App, AppError, IncomingMessage};
 /// How long the keyword table is cached; edits made with psql show within it.
 const REFRESH: Duration = Duration::from_secs(2);
 
+/// The keyword table as last read, and when.
+type Cached = Option<(Instant, Arc<HashMap<String, String>>)>;
+
 /// Replies from `dbrouter.keywords` when a message's first word (any case)
 /// is a keyword there.
 pub struct Keyword {
     pool: PgPool,
-    cache: Mutex<Option<(Instant, Arc<HashMap<String, String>>)>>,
+    cache: Mutex<Cached>,
 }
 
 impl Keyword {

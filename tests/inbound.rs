@@ -1,0 +1,303 @@
+//! Inbound processing: apps, replies, R/E marks, poison isolation.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{test_config, TestDb};
+use dbrouter::apps::{App, AppError, DefaultReply, Echo, IncomingMessage};
+use serde_json::json;
+
+struct Failing;
+
+#[async_trait]
+impl App for Failing {
+    fn name(&self) -> &str {
+        "failing"
+    }
+    async fn handle(&self, msg: &mut IncomingMessage) -> Result<bool, AppError> {
+        if msg.text.contains("boom") {
+            return Err(AppError::new("kaboom"));
+        }
+        Ok(false)
+    }
+}
+
+/// Replies with text the database refuses (over the 10,000-character limit)
+/// when the message says "poison".
+struct Amplify;
+
+#[async_trait]
+impl App for Amplify {
+    fn name(&self) -> &str {
+        "amplify"
+    }
+    async fn handle(&self, msg: &mut IncomingMessage) -> Result<bool, AppError> {
+        if msg.text == "poison" {
+            msg.respond("x".repeat(20_000));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+struct Slow;
+
+#[async_trait]
+impl App for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    async fn handle(&self, msg: &mut IncomingMessage) -> Result<bool, AppError> {
+        if msg.text == "slow" {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Ok(false)
+    }
+}
+
+struct DropSpam;
+
+#[async_trait]
+impl App for DropSpam {
+    fn name(&self) -> &str {
+        "dropspam"
+    }
+    async fn filter(&self, msg: &mut IncomingMessage) -> Result<bool, AppError> {
+        Ok(msg.text.starts_with("spam"))
+    }
+}
+
+#[tokio::test]
+async fn echo_replies_carry_in_response_to_and_reach_the_backend_with_external_id() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.exec(
+        "INSERT INTO dbrouter.inbox (backend, identity, text, external_id) VALUES
+           ('gw', '+1', 'echo hello world', 'gw-77'),
+           ('gw', '+2', 'ping', NULL),
+           ('gw', '+3', 'nothing to see', NULL)",
+    )
+    .await;
+    let worker = db.worker(test_config()).await;
+    worker.drain().await.unwrap();
+
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM dbrouter.messages WHERE direction = 'I' AND status = 'R'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.transmissions t JOIN dbrouter.messages m ON m.id = t.message_id WHERE m.direction = 'I' AND t.status = 'R'").await,
+        3
+    );
+    // Replies: one per handled message, each in_response_to its inbound.
+    assert_eq!(
+        db.scalar_str(
+            "SELECT string_agg(o.text || '<-' || i.text, ',' ORDER BY o.id)
+               FROM dbrouter.messages o JOIN dbrouter.messages i ON i.id = o.in_response_to
+              WHERE o.direction = 'O'"
+        )
+        .await,
+        "hello world<-echo hello world,pong<-ping"
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM dbrouter.messages WHERE direction = 'O' AND status = 'S'"
+        )
+        .await,
+        2
+    );
+    // The backend saw the inbound's gateway id with the reply, and its identity.
+    assert_eq!(
+        db.scalar_str(
+            "SELECT identity || '|' || text || '|' || reply_to_external_id FROM dbrouter.database_backend_sends
+              WHERE reply_to_external_id IS NOT NULL"
+        )
+        .await,
+        "+1|hello world|gw-77"
+    );
+    assert_eq!(
+        db.scalar_str("SELECT external_id FROM dbrouter.messages WHERE text = 'echo hello world'")
+            .await,
+        "gw-77"
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn an_app_failure_marks_only_that_message_e() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.exec(
+        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES
+           ('gw', '+1', 'ping'), ('gw', '+2', 'boom'), ('gw', '+3', 'ping')",
+    )
+    .await;
+    let worker = db
+        .worker_with(test_config(), vec![Arc::new(Failing), Arc::new(Echo)])
+        .await;
+    worker.drain().await.unwrap();
+    assert_eq!(
+        db.scalar_str("SELECT status || ':' || error FROM dbrouter.messages WHERE text = 'boom'")
+            .await,
+        "E:app \"failing\" failed in handle: kaboom"
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM dbrouter.messages WHERE text = 'ping' AND status = 'R'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.messages WHERE direction = 'O'")
+            .await,
+        2
+    );
+    // The failure is in the attempt history and the errors view.
+    assert_eq!(
+        db.scalar_str("SELECT error FROM dbrouter.recent_errors WHERE direction = 'I'")
+            .await,
+        "app \"failing\" failed in handle: kaboom"
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_poison_message_ends_e_while_the_rest_of_its_batch_succeeds() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    let mut values = Vec::new();
+    for i in 0..50 {
+        let text = if i == 17 {
+            "poison".to_string()
+        } else {
+            format!("echo {i}")
+        };
+        values.push(format!("('gw', '+{i}', '{text}')"));
+    }
+    db.exec(&format!(
+        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES {}",
+        values.join(",")
+    ))
+    .await;
+    let worker = db
+        .worker_with(test_config(), vec![Arc::new(Amplify), Arc::new(Echo)])
+        .await;
+    worker.drain().await.unwrap();
+    let poison = db
+        .scalar_str("SELECT status || ':' || error FROM dbrouter.messages WHERE text = 'poison'")
+        .await;
+    assert!(poison.starts_with("E:the database refused"), "{poison}");
+    assert!(poison.contains("limit is 10000"), "{poison}");
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM dbrouter.messages WHERE direction = 'I' AND status = 'R'"
+        )
+        .await,
+        49
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM dbrouter.messages WHERE direction = 'O' AND status = 'S'"
+        )
+        .await,
+        49
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_slow_app_is_cut_by_the_deadline() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.exec("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('gw', '+1', 'slow'), ('gw', '+2', 'ping')")
+        .await;
+    let mut cfg = test_config();
+    cfg.app_timeout = Duration::from_millis(300);
+    let worker = db
+        .worker_with(cfg, vec![Arc::new(Slow), Arc::new(Echo)])
+        .await;
+    worker.drain().await.unwrap();
+    let slow = db
+        .scalar_str("SELECT status || ':' || error FROM dbrouter.messages WHERE text = 'slow'")
+        .await;
+    assert!(
+        slow.starts_with("E:the apps did not finish within 300ms"),
+        "{slow}"
+    );
+    assert_eq!(
+        db.scalar_str("SELECT status::text FROM dbrouter.messages WHERE text = 'ping'")
+            .await,
+        "R"
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn phases_follow_rapidsms_rules() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.exec(
+        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES
+           ('gw', '+1', 'spam spam'), ('gw', '+2', 'ping'), ('gw', '+3', 'what?')",
+    )
+    .await;
+    let worker = db
+        .worker_with(
+            test_config(),
+            vec![
+                Arc::new(DropSpam),
+                Arc::new(Echo),
+                Arc::new(DefaultReply::new("huh?".into())),
+            ],
+        )
+        .await;
+    worker.drain().await.unwrap();
+    // Filtered: processed (R) but no reply. Handled: no default. Unhandled: default.
+    assert_eq!(
+        db.scalar_str(
+            "SELECT string_agg(i.text || '=' || i.status || '>' || coalesce(o.text, '-'), ',' ORDER BY i.id)
+               FROM dbrouter.messages i LEFT JOIN dbrouter.messages o ON o.in_response_to = i.id
+              WHERE i.direction = 'I'"
+        )
+        .await,
+        "spam spam=R>-,ping=R>pong,what?=R>huh?"
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn keyword_app_replies_from_the_keywords_table() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.exec("INSERT INTO dbrouter.keywords (keyword, reply) VALUES ('hours', 'Open 9-5')")
+        .await;
+    db.exec("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('gw', '+1', 'HOURS please'), ('gw', '+2', 'other')")
+        .await;
+    let pipeline = dbrouter::apps::Pipeline::from_names(
+        &["keyword".into(), "default".into()],
+        &db.pool,
+        &dbrouter::apps::AppSettings {
+            default_reply: "try HOURS".into(),
+        },
+    )
+    .unwrap();
+    let worker = dbrouter::worker::Worker::new(db.pool.clone(), test_config(), pipeline)
+        .await
+        .unwrap();
+    worker.drain().await.unwrap();
+    assert_eq!(
+        db.scalar_str(
+            "SELECT string_agg(text, ',' ORDER BY id) FROM dbrouter.messages WHERE direction = 'O'"
+        )
+        .await,
+        "Open 9-5,try HOURS"
+    );
+    db.drop().await;
+}
