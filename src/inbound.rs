@@ -7,7 +7,10 @@
 //! long. A message whose replies the database refuses (a poison message) is
 //! isolated by splitting the batch under savepoints and ends E alone.
 
+use std::panic::AssertUnwindSafe;
+
 use futures::future::join_all;
+use futures::FutureExt;
 use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 use tokio::time::Instant;
 
@@ -77,20 +80,33 @@ async fn run_apps(
         handled: false,
         responses: Vec::new(),
     };
-    let result = match tokio::time::timeout_at(deadline, pipeline.incoming(&mut msg)).await {
+    // A panicking app fails its message, not the worker.
+    let apps = AssertUnwindSafe(pipeline.incoming(&mut msg)).catch_unwind();
+    let result = match tokio::time::timeout_at(deadline, apps).await {
         Err(_) => Err(format!(
             "the apps did not finish within {} (--app-timeout)",
             humantime::format_duration(cfg.app_timeout)
         )),
-        Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(Verdict::Filtered)) => Ok(Vec::new()),
-        Ok(Ok(Verdict::Replies(r))) => Ok(r),
+        Ok(Err(panic)) => Err(format!("an app panicked: {}", panic_text(&panic))),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Ok(Ok(Verdict::Filtered))) => Ok(Vec::new()),
+        Ok(Ok(Ok(Verdict::Replies(r)))) => Ok(r),
     };
     Processed {
         id: row.id,
         backend: row.backend,
         identity: row.identity,
         result,
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
     }
 }
 

@@ -12,9 +12,11 @@
 //! A send that outlives its lease can be repeated by another worker: delivery
 //! is at-least-once on that path (see the README).
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
+use futures::FutureExt;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
@@ -117,16 +119,19 @@ pub async fn send(
                 reply_to_external_id: first.reply_to_external_id.clone(),
             };
             let deadline = batch_deadline.min(Instant::now() + entry.timeout);
-            match tokio::time::timeout_at(deadline, backend.send(&req)).await {
+            // A panicking backend fails this call, not the worker.
+            let call = AssertUnwindSafe(backend.send(&req)).catch_unwind();
+            match tokio::time::timeout_at(deadline, call).await {
                 Err(_) => all(Outcome::retryable(format!(
                     "send timed out after {}",
                     humantime::format_duration(entry.timeout)
                 ))),
-                Ok(Err(e)) => all(Outcome::Failed {
+                Ok(Err(_panic)) => all(Outcome::retryable("the backend panicked while sending")),
+                Ok(Ok(Err(e))) => all(Outcome::Failed {
                     error: e.error,
                     permanent: e.permanent,
                 }),
-                Ok(Ok(outcomes)) => {
+                Ok(Ok(Ok(outcomes))) => {
                     let n = outcomes.len();
                     let mut out: Vec<(i64, Outcome)> = ids.iter().copied().zip(outcomes).collect();
                     for id in ids.iter().skip(n) {

@@ -21,6 +21,9 @@ impl App for Failing {
         if msg.text.contains("boom") {
             return Err(AppError::new("kaboom"));
         }
+        if msg.text == "panic" {
+            panic!("app bug");
+        }
         Ok(false)
     }
 }
@@ -135,7 +138,7 @@ async fn an_app_failure_marks_only_that_message_e() {
     db.backend("gw", "database", json!({}), None).await;
     db.exec(
         "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES
-           ('gw', '+1', 'ping'), ('gw', '+2', 'boom'), ('gw', '+3', 'ping')",
+           ('gw', '+1', 'ping'), ('gw', '+2', 'boom'), ('gw', '+3', 'ping'), ('gw', '+4', 'panic')",
     )
     .await;
     let worker = db
@@ -161,9 +164,11 @@ async fn an_app_failure_marks_only_that_message_e() {
     );
     // The failure is in the attempt history and the errors view.
     assert_eq!(
-        db.scalar_str("SELECT error FROM dbrouter.recent_errors WHERE direction = 'I'")
-            .await,
-        "app \"failing\" failed in handle: kaboom"
+        db.scalar_str(
+            "SELECT string_agg(error, ' | ' ORDER BY message_id) FROM dbrouter.recent_errors WHERE direction = 'I'"
+        )
+        .await,
+        "app \"failing\" failed in handle: kaboom | an app panicked: app bug"
     );
     db.drop().await;
 }

@@ -13,17 +13,6 @@ use dbrouter::outbound;
 use serde_json::json;
 use tokio::time::Instant;
 
-async fn broadcast(db: &TestDb, backend: &str, identities: &[String], text: &str) -> i64 {
-    let (id,): (i64,) = sqlx::query_as("SELECT dbrouter.broadcast($1, $2, $3)")
-        .bind(backend)
-        .bind(identities)
-        .bind(text)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    id
-}
-
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
@@ -81,15 +70,15 @@ async fn default_batch_is_200_and_configured_sizes_are_honoured() {
     let db = TestDb::new().await;
     db.backend("dflt", "database", json!({}), None).await;
     db.backend("own", "database", json!({}), Some(70)).await;
-    broadcast(&db, "dflt", &ids("+d", 201), "hello").await;
-    broadcast(&db, "own", &ids("+o", 201), "hello").await;
+    db.broadcast("dflt", &ids("+d", 201), "hello").await;
+    db.broadcast("own", &ids("+o", 201), "hello").await;
     db.worker(test_config()).await.drain().await.unwrap();
     assert_eq!(batch_sizes(&db, "dflt").await, vec![200, 1]);
     assert_eq!(batch_sizes(&db, "own").await, vec![70, 70, 61]);
 
     // A worker configured with another default (--batch-size 50).
     db.backend("cfg", "database", json!({}), None).await;
-    broadcast(&db, "cfg", &ids("+c", 201), "hello").await;
+    db.broadcast("cfg", &ids("+c", 201), "hello").await;
     let mut cfg = test_config();
     cfg.batch_size = 50;
     db.worker(cfg).await.drain().await.unwrap();
@@ -131,9 +120,15 @@ async fn message_status_rolls_up_from_real_transitions() {
         None,
     )
     .await;
-    let all_d = broadcast(&db, "gw", &["+1".into(), "+2".into()], "all d").await;
-    let s_d = broadcast(&db, "gw", &["+3".into(), "+4".into()], "s and d").await;
-    let any_e = broadcast(&db, "gw", &["+5".into(), "+bad".into()], "one e").await;
+    let all_d = db
+        .broadcast("gw", &["+1".into(), "+2".into()], "all d")
+        .await;
+    let s_d = db
+        .broadcast("gw", &["+3".into(), "+4".into()], "s and d")
+        .await;
+    let any_e = db
+        .broadcast("gw", &["+5".into(), "+bad".into()], "one e")
+        .await;
     db.worker(test_config()).await.drain().await.unwrap();
     assert_eq!(status_of(&db, all_d).await, "S");
     db.exec(&format!(
@@ -153,7 +148,9 @@ async fn message_status_rolls_up_from_real_transitions() {
     );
 
     // Q + S -> P: claim and finish only one of two transmissions.
-    let q_s = broadcast(&db, "gw", &["+6".into(), "+7".into()], "q and s").await;
+    let q_s = db
+        .broadcast("gw", &["+6".into(), "+7".into()], "q and s")
+        .await;
     let backend_id = db
         .scalar_i64("SELECT id::bigint FROM dbrouter.backends WHERE name = 'gw'")
         .await as i32;
@@ -202,7 +199,7 @@ async fn failed_identities_give_partial_success_and_retries_never_resend_sent_on
         None,
     )
     .await;
-    let msg = broadcast(&db, "gw", &ids("+", 6), "news").await;
+    let msg = db.broadcast("gw", &ids("+", 6), "news").await;
     let worker = db.worker(test_config()).await;
     // First pass only: the failing identities are E (retryable), others S.
     let pass = worker.work_once().await.unwrap();
@@ -242,7 +239,7 @@ async fn retries_stop_after_max_attempts_and_requeue_starts_again() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({"fail": {"error": "down"}}), None)
         .await;
-    let msg = broadcast(&db, "gw", &["+1".into()], "hi").await;
+    let msg = db.broadcast("gw", &["+1".into()], "hi").await;
     let mut cfg = test_config();
     cfg.max_attempts = 3;
     db.worker(cfg.clone()).await.drain().await.unwrap();
@@ -318,7 +315,7 @@ async fn requeue_message_reprocesses_an_errored_inbound() {
 async fn a_finish_after_the_lease_expired_changes_nothing() {
     let db = TestDb::new().await;
     let backend = db.backend("gw", "database", json!({}), None).await;
-    let msg = broadcast(&db, "gw", &["+1".into(), "+2".into()], "hi").await;
+    let msg = db.broadcast("gw", &["+1".into(), "+2".into()], "hi").await;
     let first = outbound::claim(&db.pool, backend, 10, 1, Duration::from_millis(100))
         .await
         .unwrap();
@@ -375,7 +372,7 @@ async fn a_finish_after_the_lease_expired_changes_nothing() {
 async fn many_batches_of_one_broadcast_finishing_concurrently_end_sent() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), Some(10)).await;
-    let msg = broadcast(&db, "gw", &ids("+", 2000), "big news").await;
+    let msg = db.broadcast("gw", &ids("+", 2000), "big news").await;
     let mut cfg = test_config();
     cfg.concurrency = 8;
     let worker = db.worker(cfg).await;
@@ -430,8 +427,10 @@ impl App for Censor {
 async fn an_app_can_cancel_an_outgoing_send() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
-    let secret = broadcast(&db, "gw", &["+1".into(), "+2".into()], "the secret").await;
-    let fine = broadcast(&db, "gw", &["+1".into()], "fine").await;
+    let secret = db
+        .broadcast("gw", &["+1".into(), "+2".into()], "the secret")
+        .await;
+    let fine = db.broadcast("gw", &["+1".into()], "fine").await;
     db.worker_with(test_config(), vec![Arc::new(Censor), Arc::new(Echo)])
         .await
         .drain()
@@ -462,9 +461,9 @@ async fn misconfigured_and_disabled_backends_keep_their_messages_queued() {
     db.backend("ok", "database", json!({}), None).await;
     db.exec("UPDATE dbrouter.backends SET enabled = false WHERE name = 'off'")
         .await;
-    let broken = broadcast(&db, "broken", &["+1".into()], "a").await;
-    let off = broadcast(&db, "off", &["+1".into()], "b").await;
-    let ok = broadcast(&db, "ok", &["+1".into()], "c").await;
+    let broken = db.broadcast("broken", &["+1".into()], "a").await;
+    let off = db.broadcast("off", &["+1".into()], "b").await;
+    let ok = db.broadcast("ok", &["+1".into()], "c").await;
     let worker = db.worker(test_config()).await;
     worker.drain().await.unwrap();
     assert_eq!(
@@ -510,7 +509,7 @@ async fn a_slow_send_times_out_with_a_clear_error() {
         None,
     )
     .await;
-    let msg = broadcast(&db, "gw", &["+1".into()], "hi").await;
+    let msg = db.broadcast("gw", &["+1".into()], "hi").await;
     let mut cfg = test_config();
     cfg.max_attempts = 1;
     db.worker(cfg).await.drain().await.unwrap();

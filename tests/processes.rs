@@ -109,11 +109,7 @@ async fn a_worker_killed_mid_send_loses_nothing() {
     db.backend("gw", "database", json!({"delay": "5s"}), None)
         .await;
     let identities: Vec<String> = (0..30).map(|i| format!("+{i}")).collect();
-    sqlx::query("SELECT dbrouter.broadcast('gw', $1, 'important')")
-        .bind(&identities)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.broadcast("gw", &identities, "important").await;
     let args = [
         "--lease",
         "2s",
@@ -125,16 +121,7 @@ async fn a_worker_killed_mid_send_loses_nothing() {
         "0s",
     ];
     let first = spawn_worker(&db.url, &args);
-    wait_until(
-        "the batch is claimed (P)",
-        Duration::from_secs(60),
-        || async {
-            db.scalar_i64("SELECT count(*) FROM dbrouter.transmissions WHERE status = 'P'")
-                .await
-                == 30
-        },
-    )
-    .await;
+    db.wait_claimed(30).await;
     signal(&first, Signal::SIGKILL);
     let _ = wait_exit(first, Duration::from_secs(10)).await;
     assert_eq!(
@@ -185,22 +172,9 @@ async fn sigterm_finishes_the_in_flight_batch_then_exits_0() {
     db.backend("gw", "database", json!({"delay": "1s"}), None)
         .await;
     let identities: Vec<String> = (0..20).map(|i| format!("+{i}")).collect();
-    sqlx::query("SELECT dbrouter.broadcast('gw', $1, 'hi')")
-        .bind(&identities)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.broadcast("gw", &identities, "hi").await;
     let worker = spawn_worker(&db.url, &["--poll-interval", "200ms"]);
-    wait_until(
-        "the batch is claimed (P)",
-        Duration::from_secs(60),
-        || async {
-            db.scalar_i64("SELECT count(*) FROM dbrouter.transmissions WHERE status = 'P'")
-                .await
-                == 20
-        },
-    )
-    .await;
+    db.wait_claimed(20).await;
     signal(&worker, Signal::SIGTERM);
     assert!(
         wait_exit(worker, Duration::from_secs(30)).await.success(),

@@ -94,6 +94,32 @@ impl TestDb {
         id
     }
 
+    /// `dbrouter.broadcast(backend, identities, text)`; returns the message id.
+    pub async fn broadcast(&self, backend: &str, identities: &[String], text: &str) -> i64 {
+        let (id,): (i64,) = sqlx::query_as("SELECT dbrouter.broadcast($1, $2, $3)")
+            .bind(backend)
+            .bind(identities)
+            .bind(text)
+            .fetch_one(&self.pool)
+            .await
+            .expect("broadcast");
+        id
+    }
+
+    /// Wait until `n` transmissions are claimed (P).
+    pub async fn wait_claimed(&self, n: i64) {
+        wait_until(
+            "the batch is claimed (P)",
+            Duration::from_secs(60),
+            || async {
+                self.scalar_i64("SELECT count(*) FROM dbrouter.transmissions WHERE status = 'P'")
+                    .await
+                    == n
+            },
+        )
+        .await;
+    }
+
     pub async fn exec(&self, sql: &str) {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
             .execute(&self.pool)
