@@ -1,15 +1,66 @@
 //! Connecting and migrating.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::error::Result;
 
 /// The schema migrations in `migrations/`, embedded at compile time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+static PREPARED: AtomicBool = AtomicBool::new(true);
+
+/// Whether worker queries use named (cached) prepared statements. PgBouncer
+/// before 1.21 in transaction mode hands each transaction to any server
+/// connection, where a named statement may be missing or already taken; with
+/// this off, every statement is parsed unnamed, which works through it.
+pub fn set_prepared_statements(on: bool) {
+    PREPARED.store(on, Ordering::Relaxed);
+}
+
+/// See [`set_prepared_statements`]; pass to `Query::persistent`.
+pub fn prepared() -> bool {
+    PREPARED.load(Ordering::Relaxed)
+}
+
+/// A pooled connection for one worker statement. With prepared statements off
+/// it holds a transaction: sqlx parses a statement and executes it in two
+/// round trips, and PgBouncer in transaction mode may hand the second to
+/// another server connection unless a transaction keeps it.
+pub enum Conn {
+    Plain(PoolConnection<Postgres>),
+    InTransaction(Transaction<'static, Postgres>),
+}
+
+impl Conn {
+    pub async fn acquire(pool: &PgPool) -> std::result::Result<Conn, sqlx::Error> {
+        Ok(if prepared() {
+            Conn::Plain(pool.acquire().await?)
+        } else {
+            Conn::InTransaction(pool.begin().await?)
+        })
+    }
+
+    pub fn get(&mut self) -> &mut PgConnection {
+        match self {
+            Conn::Plain(c) => c,
+            Conn::InTransaction(t) => t,
+        }
+    }
+
+    /// Commit when in a transaction.
+    pub async fn done(self) -> std::result::Result<(), sqlx::Error> {
+        match self {
+            Conn::Plain(_) => Ok(()),
+            Conn::InTransaction(t) => t.commit().await,
+        }
+    }
+}
 
 /// Open a pool to `url` with at most `max_connections` connections.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
@@ -29,9 +80,20 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
+/// Open a pool without connecting yet: a worker started while the database
+/// is down (or restarting) waits for it instead of exiting.
+pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = options.application_name("dbrouter");
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options))
+}
+
 /// Whether an error is worth retrying the same statement for: the connection
-/// went away, the pool timed out, or Postgres resolved a deadlock or
-/// serialization conflict by cancelling us.
+/// went away or cannot be made yet, the pool timed out, or Postgres resolved
+/// a deadlock or serialization conflict by cancelling us.
 pub fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
@@ -39,12 +101,14 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
-            // serialization_failure, deadlock_detected, admin/crash shutdown,
-            // cannot_connect_now, connection exceptions
-            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
-        ),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // connection exceptions (08, also what PgBouncer reports when the
+            // server is away), admin/crash shutdown and "starting up" (57P0x),
+            // too many connections, serialization failure, deadlock
+            code.starts_with("08")
+                || code.starts_with("57P0")
+                || matches!(code.as_ref(), "53300" | "40001" | "40P01")
+        }),
         _ => false,
     }
 }

@@ -44,6 +44,7 @@ struct Processed {
 pub async fn run_batch(pool: &PgPool, cfg: &WorkerConfig, pipeline: &Pipeline) -> Result<usize> {
     let mut tx = pool.begin().await?;
     let rows: Vec<Row> = sqlx::query_as(include_str!("../sql/inbound_claim.sql"))
+        .persistent(crate::db::prepared())
         .bind(i64::from(cfg.batch_size))
         .fetch_all(&mut *tx)
         .await?;
@@ -177,6 +178,7 @@ async fn mark(
     errors: &[Option<String>],
 ) -> std::result::Result<(), sqlx::Error> {
     sqlx::query(include_str!("../sql/inbound_mark.sql"))
+        .persistent(crate::db::prepared())
         .bind(ids)
         .bind(errors)
         .execute(conn)

@@ -128,6 +128,10 @@ struct WorkerArgs {
     /// Attempts per transmission before it stays E.
     #[arg(long, env = "DBROUTER_MAX_ATTEMPTS", default_value_t = 5)]
     max_attempts: u32,
+    /// Parse every statement unnamed (for PgBouncer before 1.21 in transaction
+    /// mode, with --poll-only).
+    #[arg(long, env = "DBROUTER_NO_PREPARED_STATEMENTS")]
+    no_prepared_statements: bool,
     /// Exit once no work is due instead of waiting for more.
     #[arg(long, env = "DBROUTER_EXIT_WHEN_IDLE")]
     exit_when_idle: bool,
@@ -178,21 +182,24 @@ async fn main() -> Result<()> {
         Command::Worker(args) => {
             let cfg = args.config();
             cfg.validate()?;
-            let pool = connect(u32::try_from(cfg.concurrency * 2 + 4).unwrap_or(u32::MAX)).await?;
+            db::set_prepared_statements(!args.no_prepared_statements);
+            let max = u32::try_from(cfg.concurrency * 2 + 4).unwrap_or(u32::MAX);
+            let pool = db::connect_lazy(&cli.database_url, max)
+                .context("DATABASE_URL is not a valid URL")?;
             let settings = AppSettings {
                 default_reply: args.default_reply.clone(),
             };
             let pipeline = Pipeline::from_names(&args.apps, &pool, &settings)?;
-            let worker = Worker::new(pool, cfg, pipeline)
-                .await
-                .context("cannot start the worker (has `dbrouter migrate` run?)")?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            let Some(worker) = start_worker(pool, cfg, pipeline, &shutdown).await? else {
+                return Ok(());
+            };
             if args.exit_when_idle {
                 let n = worker.drain().await?;
                 tracing::info!(processed = n, "no more due work; exiting");
                 return Ok(());
             }
-            let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
             tracing::info!(concurrency = worker.config().concurrency, "worker started");
             worker.run(shutdown).await?;
             tracing::info!("worker stopped");
@@ -243,6 +250,34 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Start the worker, waiting (not exiting) while the database is unreachable,
+/// so a worker started during a database restart does not crash in a loop.
+/// `None` when shut down before the database came back.
+async fn start_worker(
+    pool: sqlx::PgPool,
+    cfg: WorkerConfig,
+    pipeline: Pipeline,
+    shutdown: &CancellationToken,
+) -> Result<Option<std::sync::Arc<Worker>>> {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match Worker::new(pool.clone(), cfg.clone(), pipeline.clone()).await {
+            Ok(w) => return Ok(Some(w)),
+            Err(dbrouter::Error::Db(e)) if db::is_transient(&e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "database not reachable yet; waiting for it");
+            }
+            Err(e) => {
+                return Err(e).context("cannot start the worker (has `dbrouter migrate` run?)")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::apps::{OutgoingMessage, Pipeline};
 use crate::backends::{Outcome, Recipient, SendRequest};
 use crate::config::WorkerConfig;
-use crate::db::is_transient;
+use crate::db::{is_transient, Conn};
 use crate::error::Result;
 use crate::registry::BackendEntry;
 
@@ -50,13 +50,16 @@ pub async fn claim(
     token: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>> {
+    let mut conn = Conn::acquire(pool).await?;
     let rows = sqlx::query_as::<_, Claimed>(include_str!("../sql/outbound_claim.sql"))
+        .persistent(crate::db::prepared())
         .bind(backend_id)
         .bind(i64::from(limit))
         .bind(token)
         .bind(lease.as_secs_f64())
-        .fetch_all(pool)
+        .fetch_all(conn.get())
         .await?;
+    conn.done().await?;
     Ok(rows)
 }
 
@@ -202,21 +205,19 @@ pub async fn finish(
     }
     let mut pause = Duration::from_millis(100);
     loop {
-        let result: std::result::Result<(i64,), sqlx::Error> =
-            sqlx::query_as(include_str!("../sql/outbound_finish.sql"))
-                .bind(token)
-                .bind(&ids)
-                .bind(&sent)
-                .bind(&gateway_ids)
-                .bind(&errors)
-                .bind(&permanent)
-                .bind(i32::try_from(cfg.max_attempts).unwrap_or(i32::MAX))
-                .bind(cfg.retry_backoff.as_secs_f64())
-                .bind(cfg.max_backoff.as_secs_f64())
-                .fetch_one(pool)
-                .await;
+        let result = record_outcomes(
+            pool,
+            cfg,
+            token,
+            &ids,
+            &sent,
+            &gateway_ids,
+            &errors,
+            &permanent,
+        )
+        .await;
         match result {
-            Ok((n,)) => return Ok(u64::try_from(n).unwrap_or(0)),
+            Ok(n) => return Ok(u64::try_from(n).unwrap_or(0)),
             Err(e) if is_transient(&e) && Instant::now() + pause < give_up => {
                 tracing::warn!(error = %e, "could not record a batch's outcomes; retrying");
                 tokio::time::sleep(pause).await;
@@ -225,6 +226,35 @@ pub async fn finish(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record_outcomes(
+    pool: &PgPool,
+    cfg: &WorkerConfig,
+    token: i64,
+    ids: &[i64],
+    sent: &[bool],
+    gateway_ids: &[Option<String>],
+    errors: &[Option<String>],
+    permanent: &[bool],
+) -> std::result::Result<i64, sqlx::Error> {
+    let mut conn = Conn::acquire(pool).await?;
+    let (n,): (i64,) = sqlx::query_as(include_str!("../sql/outbound_finish.sql"))
+        .persistent(crate::db::prepared())
+        .bind(token)
+        .bind(ids)
+        .bind(sent)
+        .bind(gateway_ids)
+        .bind(errors)
+        .bind(permanent)
+        .bind(i32::try_from(cfg.max_attempts).unwrap_or(i32::MAX))
+        .bind(cfg.retry_backoff.as_secs_f64())
+        .bind(cfg.max_backoff.as_secs_f64())
+        .fetch_one(conn.get())
+        .await?;
+    conn.done().await?;
+    Ok(n)
 }
 
 /// Claim, send and record one batch of `entry`. Returns how many

@@ -43,9 +43,12 @@ pub async fn load(
     cfg: &WorkerConfig,
     previous: &[BackendEntry],
 ) -> Result<Vec<BackendEntry>> {
+    let mut conn = crate::db::Conn::acquire(pool).await?;
     let rows: Vec<Row> = sqlx::query_as(include_str!("../sql/backends_load.sql"))
-        .fetch_all(pool)
+        .persistent(crate::db::prepared())
+        .fetch_all(conn.get())
         .await?;
+    conn.done().await?;
     let old: HashMap<i32, &BackendEntry> = previous.iter().map(|e| (e.id, e)).collect();
     let mut entries = Vec::with_capacity(rows.len());
     for row in rows {

@@ -29,6 +29,16 @@ impl Keyword {
         }
     }
 
+    async fn read(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
+        let mut conn = crate::db::Conn::acquire(&self.pool).await?;
+        let rows = sqlx::query_as("SELECT keyword, reply FROM dbrouter.keywords")
+            .persistent(crate::db::prepared())
+            .fetch_all(conn.get())
+            .await?;
+        conn.done().await?;
+        Ok(rows)
+    }
+
     async fn table(&self) -> Result<Arc<HashMap<String, String>>, AppError> {
         let mut cache = self.cache.lock().await;
         if let Some((at, map)) = cache.as_ref() {
@@ -36,11 +46,10 @@ impl Keyword {
                 return Ok(map.clone());
             }
         }
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT keyword, reply FROM dbrouter.keywords")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| AppError::new(format!("could not read dbrouter.keywords: {e}")))?;
+        let rows = self
+            .read()
+            .await
+            .map_err(|e| AppError::new(format!("could not read dbrouter.keywords: {e}")))?;
         let map = Arc::new(rows.into_iter().collect::<HashMap<_, _>>());
         *cache = Some((Instant::now(), map.clone()));
         Ok(map)

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::{Backend, Outcome, SendError, SendRequest};
+use super::{Backend, Outcome, Recipient, SendError, SendRequest};
 
 /// Records every send in `dbrouter.database_backend_sends`, one row per
 /// accepted identity, committed on its own like an external gateway.
@@ -18,8 +18,10 @@ use super::{Backend, Outcome, SendError, SendRequest};
 ///  "delay": "200ms"}
 /// ```
 /// `fail` fails the listed identities (all when `identities` is absent) on
-/// their first `attempts` attempts (every attempt when absent). `delay` waits
-/// before recording, like a slow gateway.
+/// their first `attempts` attempts (every attempt when absent); with
+/// `"rate": 0.2` only that fraction of those sends fails, at random. `delay`
+/// waits before recording, like a slow gateway; with `"delay_rate": 0.1` only
+/// that fraction of calls is slow.
 pub struct Database {
     name: String,
     pool: PgPool,
@@ -34,6 +36,8 @@ struct Config {
     #[serde(default, with = "humantime_serde_opt")]
     delay: Option<Duration>,
     #[serde(default)]
+    delay_rate: Option<f64>,
+    #[serde(default)]
     #[allow(dead_code)]
     timeout: Option<String>,
 }
@@ -46,6 +50,21 @@ struct Fail {
     #[serde(default)]
     permanent: bool,
     error: Option<String>,
+    rate: Option<f64>,
+}
+
+fn check_rate(what: &str, rate: Option<f64>) -> Result<(), String> {
+    match rate {
+        Some(r) if !(0.0..=1.0).contains(&r) => {
+            Err(format!("{what} must be between 0 and 1, got {r}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// True with probability `rate` (always when there is no rate).
+fn chance(rate: Option<f64>) -> bool {
+    rate.is_none_or(|r| rand::random::<f64>() < r)
 }
 
 mod humantime_serde_opt {
@@ -64,6 +83,8 @@ impl Database {
     pub fn from_config(name: &str, config: &Value, pool: PgPool) -> Result<Self, String> {
         let config: Config = serde_json::from_value(config.clone())
             .map_err(|e| format!("invalid config for the database engine: {e}"))?;
+        check_rate("delay_rate", config.delay_rate)?;
+        check_rate("fail.rate", config.fail.as_ref().and_then(|f| f.rate))?;
         Ok(Database {
             name: name.to_string(),
             pool,
@@ -83,6 +104,9 @@ impl Database {
                 return None;
             }
         }
+        if !chance(fail.rate) {
+            return None;
+        }
         Some(Outcome::Failed {
             error: fail
                 .error
@@ -93,11 +117,43 @@ impl Database {
     }
 }
 
+impl Database {
+    async fn record(&self, req: &SendRequest, accepted: &[&Recipient]) -> Result<(), sqlx::Error> {
+        let mut conn = crate::db::Conn::acquire(&self.pool).await?;
+        sqlx::query(include_str!("../../sql/database_backend_record.sql"))
+            .persistent(crate::db::prepared())
+            .bind(&self.name)
+            .bind(req.batch)
+            .bind(req.message_id)
+            .bind(&req.text)
+            .bind(req.in_response_to)
+            .bind(&req.reply_to_external_id)
+            .bind(
+                accepted
+                    .iter()
+                    .map(|r| r.transmission_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                accepted
+                    .iter()
+                    .map(|r| r.identity.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(accepted.iter().map(|r| r.attempt).collect::<Vec<_>>())
+            .execute(conn.get())
+            .await?;
+        conn.done().await
+    }
+}
+
 #[async_trait]
 impl Backend for Database {
     async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError> {
         if let Some(delay) = self.config.delay {
-            tokio::time::sleep(delay).await;
+            if chance(self.config.delay_rate) {
+                tokio::time::sleep(delay).await;
+            }
         }
         let outcomes: Vec<Outcome> = req
             .recipients
@@ -115,32 +171,10 @@ impl Backend for Database {
             .map(|(r, _)| r)
             .collect();
         if !accepted.is_empty() {
-            sqlx::query(include_str!("../../sql/database_backend_record.sql"))
-                .bind(&self.name)
-                .bind(req.batch)
-                .bind(req.message_id)
-                .bind(&req.text)
-                .bind(req.in_response_to)
-                .bind(&req.reply_to_external_id)
-                .bind(
-                    accepted
-                        .iter()
-                        .map(|r| r.transmission_id)
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    accepted
-                        .iter()
-                        .map(|r| r.identity.clone())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(accepted.iter().map(|r| r.attempt).collect::<Vec<_>>())
-                .execute(&self.pool)
-                .await
-                .map_err(|e| SendError {
-                    error: format!("database backend could not record the send: {e}"),
-                    permanent: false,
-                })?;
+            self.record(req, &accepted).await.map_err(|e| SendError {
+                error: format!("database backend could not record the send: {e}"),
+                permanent: false,
+            })?;
         }
         Ok(outcomes)
     }

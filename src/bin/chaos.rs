@@ -1,0 +1,714 @@
+//! `dbrouter-chaos`: the fault drill that `bin/chaos` runs.
+//!
+//! Pushes a mixed load (inbound messages answered by apps, broadcasts, a
+//! backend that fails some sends, one that hangs past its timeout, one that
+//! refuses some identities for good) through several `dbrouter worker`
+//! processes while killing, stopping and disconnecting them and restarting
+//! PostgreSQL. Then it waits for the queues to settle and checks that nothing
+//! was lost, nothing is stuck, and duplicates stay within what the README
+//! promises. Exits non-zero, naming ids to look at, when an invariant breaks.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "dbrouter-chaos", about = "Fault drill for dbrouter")]
+struct Args {
+    /// Database the drill sets up and checks (connects directly).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Database URL the workers use (e.g. through PgBouncer); default: --database-url.
+    #[arg(long, env = "CHAOS_WORKER_URL")]
+    worker_url: Option<String>,
+    /// Command prefix that runs pg_ctl for this cluster, e.g.
+    /// "runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D /tmp/x/pgdata".
+    #[arg(long, env = "CHAOS_PG_CTL")]
+    pg_ctl: String,
+    /// The dbrouter binary.
+    #[arg(
+        long,
+        env = "CHAOS_DBROUTER",
+        default_value = "target/release/dbrouter"
+    )]
+    dbrouter: String,
+    /// How long faults are injected.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Seed of the drill's random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// Inbound messages enqueued per tick (10 ticks a second).
+    #[arg(long, default_value_t = 20)]
+    inbound_per_tick: usize,
+    /// Identities per broadcast (one broadcast every ~3 s).
+    #[arg(long, default_value_t = 2000)]
+    broadcast_size: usize,
+    /// Mean time between faults.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    fault_every: Duration,
+    /// Workers poll instead of LISTEN and use unnamed statements (PgBouncer).
+    #[arg(long)]
+    poll_only: bool,
+    /// How long to wait for the queues to settle after the faults stop.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+}
+
+// Worker settings of the drill, also the base of the duplicate bound.
+const CONCURRENCY: usize = 3;
+const BATCH: usize = 50;
+const LEASE: &str = "3s";
+
+const BACKENDS: &[(&str, &str)] = &[
+    ("steady", r#"{}"#),
+    (
+        "flaky",
+        r#"{"fail": {"rate": 0.3, "error": "flaky gateway"}}"#,
+    ),
+    (
+        "slow",
+        r#"{"delay": "2s", "delay_rate": 0.05, "timeout": "1s"}"#,
+    ),
+    (
+        "picky",
+        r#"{"fail": {"identities": ["+7000", "+7001", "+7002"], "permanent": true, "error": "number barred"}}"#,
+    ),
+];
+
+struct Workers {
+    args: Args,
+    children: Vec<Child>,
+}
+
+impl Workers {
+    fn spawn_one(args: &Args) -> Result<Child> {
+        let url = args
+            .worker_url
+            .clone()
+            .unwrap_or_else(|| args.database_url.clone());
+        let mut cmd = Command::new(&args.dbrouter);
+        cmd.arg("worker")
+            .args(["--apps", "echo,default"])
+            .args(["--concurrency", &CONCURRENCY.to_string()])
+            .args(["--batch-size", &BATCH.to_string()])
+            .args([
+                "--lease",
+                LEASE,
+                "--send-timeout",
+                "1s",
+                "--app-timeout",
+                "2s",
+            ])
+            .args([
+                "--poll-interval",
+                "500ms",
+                "--retry-backoff",
+                "200ms",
+                "--max-backoff",
+                "2s",
+            ])
+            .args(["--max-attempts", "6"])
+            .env("DATABASE_URL", url)
+            .env("DBROUTER_LOG", "error")
+            .stdin(Stdio::null());
+        if args.poll_only {
+            cmd.arg("--poll-only").arg("--no-prepared-statements");
+        }
+        cmd.spawn()
+            .with_context(|| format!("cannot start {}", args.dbrouter))
+    }
+
+    fn start(args: &Args) -> Result<Self> {
+        let children = (0..args.workers)
+            .map(|_| Self::spawn_one(args))
+            .collect::<Result<_>>()?;
+        Ok(Workers {
+            args: args.clone(),
+            children,
+        })
+    }
+
+    fn signal(&self, i: usize, sig: &str) -> Result<()> {
+        let pid = self.children[i].id().to_string();
+        let status = Command::new("kill").args(["-s", sig, &pid]).status()?;
+        if !status.success() {
+            bail!("kill -s {sig} {pid} failed");
+        }
+        Ok(())
+    }
+
+    async fn wait_exit(&mut self, i: usize, limit: Duration) -> Result<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.children[i].try_wait()? {
+                return Ok(s);
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "worker {} did not exit within {limit:?}",
+                    self.children[i].id()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn restart(&mut self, i: usize) -> Result<()> {
+        self.children[i] = Self::spawn_one(&self.args)?;
+        Ok(())
+    }
+
+    /// Restart any worker that exited on its own (it should not).
+    fn revive(&mut self, figures: &mut Figures) -> Result<()> {
+        for i in 0..self.children.len() {
+            if let Some(status) = self.children[i].try_wait()? {
+                figures.unexpected_exits += 1;
+                eprintln!("chaos: worker exited by itself ({status}); restarting it");
+                self.restart(i)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default, Debug)]
+struct Figures {
+    /// Fault kinds not injected yet.
+    pending: Vec<u32>,
+    workers: usize,
+    inbound_acked: usize,
+    inbound_ambiguous: usize,
+    broadcasts_acked: usize,
+    broadcast_transmissions: usize,
+    broadcasts_ambiguous: usize,
+    sigkills: usize,
+    sigterms: usize,
+    sigterm_bad_exits: usize,
+    pg_restarts_fast: usize,
+    pg_restarts_immediate: usize,
+    connection_cuts: usize,
+    unexpected_exits: usize,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let pool = dbrouter::db::connect(&args.database_url, 4)
+        .await
+        .context("cannot connect to the drill's database")?;
+    dbrouter::db::migrate(&pool).await?;
+    for (name, config) in BACKENDS {
+        sqlx::query(
+            "INSERT INTO dbrouter.backends (name, engine, config) VALUES ($1, 'database', $2::jsonb)
+             ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config",
+        )
+        .bind(name)
+        .bind(config)
+        .execute(&pool)
+        .await?;
+    }
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut figures = Figures {
+        pending: (0..5).collect(),
+        workers: args.workers,
+        ..Figures::default()
+    };
+    let mut workers = Workers::start(&args)?;
+    let mut acked_inbound: Vec<String> = Vec::new();
+    let mut acked_broadcasts: Vec<i64> = Vec::new();
+
+    println!(
+        "chaos: seed {} for {}, {} workers{}",
+        args.seed,
+        humantime::format_duration(args.duration),
+        args.workers,
+        if args.poll_only {
+            ", poll-only through the worker URL"
+        } else {
+            ""
+        }
+    );
+    let start = Instant::now();
+    let mut next_fault = start + jitter(&mut rng, args.fault_every);
+    let mut next_broadcast = start;
+    let mut immediate_done = false;
+    let mut seq: u64 = 0;
+    while start.elapsed() < args.duration {
+        // Load: a multi-row INSERT of inbound messages every tick.
+        let mut texts = Vec::with_capacity(args.inbound_per_tick);
+        let mut sql = String::from("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ");
+        for i in 0..args.inbound_per_tick {
+            seq += 1;
+            let backend = BACKENDS[rng.gen_range(0..BACKENDS.len())].0;
+            let text = format!("echo c{}-{seq}", args.seed);
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "('{backend}', '+{}', '{text}')",
+                1000 + seq % 5000
+            ));
+            texts.push(text);
+        }
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await {
+            Ok(_) => {
+                figures.inbound_acked += texts.len();
+                acked_inbound.extend(texts);
+            }
+            Err(_) => figures.inbound_ambiguous += texts.len(),
+        }
+        if Instant::now() >= next_broadcast {
+            next_broadcast = Instant::now() + jitter(&mut rng, Duration::from_secs(3));
+            let backend = BACKENDS[rng.gen_range(0..BACKENDS.len())].0;
+            let ids: Vec<String> = (0..args.broadcast_size)
+                .map(|i| format!("+{}", 7000 + i))
+                .collect();
+            match sqlx::query_as::<_, (i64,)>("SELECT dbrouter.broadcast($1, $2, $3)")
+                .bind(backend)
+                .bind(&ids)
+                .bind(format!("broadcast {seq}"))
+                .fetch_one(&pool)
+                .await
+            {
+                Ok((id,)) => {
+                    figures.broadcasts_acked += 1;
+                    figures.broadcast_transmissions += ids.len();
+                    acked_broadcasts.push(id);
+                }
+                Err(_) => figures.broadcasts_ambiguous += 1,
+            }
+        }
+        if Instant::now() >= next_fault {
+            let force_immediate = !immediate_done && start.elapsed() > args.duration / 2;
+            inject(
+                &args,
+                &pool,
+                &mut workers,
+                &mut rng,
+                &mut figures,
+                force_immediate,
+            )
+            .await?;
+            immediate_done |= figures.pg_restarts_immediate > 0;
+            next_fault = Instant::now() + jitter(&mut rng, args.fault_every);
+        }
+        workers.revive(&mut figures)?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !immediate_done {
+        inject(&args, &pool, &mut workers, &mut rng, &mut figures, true).await?;
+    }
+
+    println!(
+        "chaos: faults stopped; waiting up to {} for the queues to settle",
+        humantime::format_duration(args.settle)
+    );
+    let settled = settle(&pool, &mut workers, &mut figures, args.settle).await?;
+    for i in 0..workers.children.len() {
+        workers.signal(i, "TERM")?;
+    }
+    for i in 0..workers.children.len() {
+        let status = workers.wait_exit(i, Duration::from_secs(30)).await?;
+        if !status.success() {
+            figures.sigterm_bad_exits += 1;
+        }
+    }
+    let ok = check(&pool, &figures, &acked_inbound, &acked_broadcasts, settled).await?;
+    if !ok {
+        bail!("chaos: invariants broken (seed {}); see above", args.seed);
+    }
+    println!("chaos: all invariants hold");
+    Ok(())
+}
+
+fn jitter(rng: &mut StdRng, mean: Duration) -> Duration {
+    mean.mul_f64(rng.gen_range(0.5..1.5))
+}
+
+async fn inject(
+    args: &Args,
+    pool: &PgPool,
+    workers: &mut Workers,
+    rng: &mut StdRng,
+    figures: &mut Figures,
+    force_immediate: bool,
+) -> Result<()> {
+    // Every kind of fault once (in a random order), then at random.
+    let which = if force_immediate {
+        3
+    } else if !figures.pending.is_empty() {
+        let i = rng.gen_range(0..figures.pending.len());
+        figures.pending.swap_remove(i)
+    } else {
+        rng.gen_range(0..5)
+    };
+    let w = rng.gen_range(0..workers.children.len());
+    match which {
+        0 => {
+            workers.signal(w, "KILL")?;
+            workers.wait_exit(w, Duration::from_secs(10)).await?;
+            figures.sigkills += 1;
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1000))).await;
+            workers.restart(w)?;
+        }
+        1 => {
+            workers.signal(w, "TERM")?;
+            // In-flight batches finish: at most a send timeout plus a commit.
+            let status = workers.wait_exit(w, Duration::from_secs(30)).await?;
+            if !status.success() {
+                figures.sigterm_bad_exits += 1;
+            }
+            figures.sigterms += 1;
+            workers.restart(w)?;
+        }
+        2 | 3 => {
+            let mode = if which == 3 { "immediate" } else { "fast" };
+            pg_ctl(args, &["restart", "-m", mode, "-w", "-t", "60"])?;
+            if which == 3 {
+                figures.pg_restarts_immediate += 1;
+            } else {
+                figures.pg_restarts_fast += 1;
+            }
+        }
+        _ => {
+            let cut = sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE application_name = 'dbrouter' AND pid <> pg_backend_pid()",
+            )
+            .execute(pool)
+            .await;
+            if cut.is_ok() {
+                figures.connection_cuts += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pg_ctl(args: &Args, extra: &[&str]) -> Result<()> {
+    let mut parts = args.pg_ctl.split_whitespace();
+    let program = parts.next().context("--pg-ctl is empty")?;
+    let status = Command::new(program)
+        .args(parts)
+        .args(extra)
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {}", args.pg_ctl))?;
+    if !status.success() {
+        bail!("{} {} failed", args.pg_ctl, extra.join(" "));
+    }
+    Ok(())
+}
+
+/// Wait until nothing is queued, in flight or waiting for a retry.
+async fn settle(
+    pool: &PgPool,
+    workers: &mut Workers,
+    figures: &mut Figures,
+    limit: Duration,
+) -> Result<bool> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        workers.revive(figures)?;
+        let busy: Result<(i64,), _> = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM dbrouter.messages WHERE direction = 'I' AND status = 'Q')
+                  + (SELECT count(*) FROM dbrouter.transmissions WHERE due_at IS NOT NULL)",
+        )
+        .fetch_one(pool)
+        .await;
+        if let Ok((0,)) = busy {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(false)
+}
+
+async fn ids(pool: &PgPool, sql: &str) -> Result<Vec<i64>> {
+    let rows: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|(i,)| i).collect())
+}
+
+async fn count(pool: &PgPool, sql: &str) -> Result<i64> {
+    let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(pool)
+        .await?;
+    Ok(n)
+}
+
+async fn check(
+    pool: &PgPool,
+    f: &Figures,
+    acked_inbound: &[String],
+    acked_broadcasts: &[i64],
+    settled: bool,
+) -> Result<bool> {
+    let mut ok = true;
+    let mut report = |name: &str, value: String, good: bool, detail: String| {
+        println!(
+            "| {name:<52} | {value:>12} | {} |",
+            if good { "ok" } else { "BROKEN" }
+        );
+        if !good {
+            ok = false;
+            if !detail.is_empty() {
+                println!("|   look at: {detail}");
+            }
+        }
+    };
+    println!("| {:<52} | {:>12} | check |", "figure", "value");
+    println!("|{:-<54}|{:-<14}|-------|", "", "");
+    let info = |name: &str, v: usize| println!("| {name:<52} | {v:>12} |       |");
+    info("inbound messages enqueued (acknowledged)", f.inbound_acked);
+    info(
+        "inbound messages with an unknown enqueue outcome",
+        f.inbound_ambiguous,
+    );
+    info("broadcasts enqueued (acknowledged)", f.broadcasts_acked);
+    info(
+        "broadcast transmissions enqueued",
+        f.broadcast_transmissions,
+    );
+    info("SIGKILLs of workers", f.sigkills);
+    info("SIGTERMs of workers", f.sigterms);
+    info("PostgreSQL restarts -m fast", f.pg_restarts_fast);
+    info("PostgreSQL restarts -m immediate", f.pg_restarts_immediate);
+    info("connection cuts (pg_terminate_backend)", f.connection_cuts);
+
+    let present: HashSet<String> =
+        sqlx::query_as::<_, (String,)>("SELECT text FROM dbrouter.messages WHERE direction = 'I'")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|(t,)| t)
+            .collect();
+    let lost: Vec<&String> = acked_inbound
+        .iter()
+        .filter(|t| !present.contains(*t))
+        .collect();
+    report(
+        "inbound messages lost",
+        lost.len().to_string(),
+        lost.is_empty(),
+        format!("{:?}", lost.iter().take(10).collect::<Vec<_>>()),
+    );
+    let present_b: HashSet<i64> = ids(
+        pool,
+        "SELECT id FROM dbrouter.messages WHERE direction = 'O' AND in_response_to IS NULL",
+    )
+    .await?
+    .into_iter()
+    .collect();
+    let lost_b: Vec<&i64> = acked_broadcasts
+        .iter()
+        .filter(|id| !present_b.contains(*id))
+        .collect();
+    report(
+        "broadcasts lost",
+        lost_b.len().to_string(),
+        lost_b.is_empty(),
+        format!("{lost_b:?}"),
+    );
+
+    report(
+        "queues settled after the faults",
+        settled.to_string(),
+        settled,
+        String::new(),
+    );
+    let stuck_in = ids(
+        pool,
+        "SELECT id FROM dbrouter.messages WHERE direction = 'I' AND status = 'Q' LIMIT 10",
+    )
+    .await?;
+    report(
+        "inbound messages still Q",
+        stuck_in.len().to_string(),
+        stuck_in.is_empty(),
+        format!("messages {stuck_in:?}"),
+    );
+    let stuck_out = ids(
+        pool,
+        "SELECT id FROM dbrouter.transmissions WHERE status IN ('Q', 'P') OR due_at IS NOT NULL LIMIT 10",
+    )
+    .await?;
+    report(
+        "transmissions still Q, P or awaiting a retry",
+        stuck_out.len().to_string(),
+        stuck_out.is_empty(),
+        format!("transmissions {stuck_out:?}"),
+    );
+    let final_in = count(
+        pool,
+        "SELECT count(*) FROM dbrouter.messages WHERE direction = 'I' AND status IN ('R', 'E')",
+    )
+    .await?;
+    report(
+        "inbound messages final (R or E)",
+        final_in.to_string(),
+        true,
+        String::new(),
+    );
+    let final_out = count(pool, "SELECT count(*) FROM dbrouter.transmissions t JOIN dbrouter.messages m ON m.id = t.message_id WHERE m.direction = 'O' AND t.due_at IS NULL").await?;
+    report(
+        "outbound transmissions final (S, D or E)",
+        final_out.to_string(),
+        true,
+        String::new(),
+    );
+
+    let double_replies = ids(
+        pool,
+        "SELECT in_response_to FROM dbrouter.messages WHERE in_response_to IS NOT NULL
+          GROUP BY in_response_to HAVING count(*) > 1 LIMIT 10",
+    )
+    .await?;
+    report(
+        "inbound messages answered more than once",
+        double_replies.len().to_string(),
+        double_replies.is_empty(),
+        format!("messages {double_replies:?}"),
+    );
+    let unanswered = ids(
+        pool,
+        "SELECT i.id FROM dbrouter.messages i WHERE i.direction = 'I' AND i.status = 'R'
+            AND NOT EXISTS (SELECT 1 FROM dbrouter.messages o WHERE o.in_response_to = i.id) LIMIT 10",
+    )
+    .await?;
+    report(
+        "processed (R) inbound without its reply",
+        unanswered.len().to_string(),
+        unanswered.is_empty(),
+        format!("messages {unanswered:?}"),
+    );
+
+    let phantom = ids(
+        pool,
+        "SELECT t.id FROM dbrouter.transmissions t WHERE t.status IN ('S', 'D')
+            AND NOT EXISTS (SELECT 1 FROM dbrouter.database_backend_sends s WHERE s.transmission_id = t.id) LIMIT 10",
+    )
+    .await?;
+    report(
+        "transmissions S without a send",
+        phantom.len().to_string(),
+        phantom.is_empty(),
+        format!("transmissions {phantom:?}"),
+    );
+    let dup = count(
+        pool,
+        "SELECT coalesce(sum(n - 1), 0)::bigint FROM (SELECT count(*) AS n FROM dbrouter.database_backend_sends
+          GROUP BY transmission_id HAVING count(*) > 1) d",
+    )
+    .await?;
+    // The README's promise: a transmission is sent again only when its
+    // worker lost it mid-send (killed, or cut from the database past the
+    // lease). Each such event can repeat at most the batches in flight: a
+    // killed worker's own; a restart or cut touches every worker.
+    let per_worker = (CONCURRENCY * BATCH) as i64;
+    let everyone = (f.pg_restarts_fast + f.pg_restarts_immediate + f.connection_cuts) * f.workers;
+    let bound = per_worker * (f.sigkills + everyone) as i64;
+    report(
+        &format!("extra sends (bound {bound})"),
+        dup.to_string(),
+        dup <= bound,
+        String::new(),
+    );
+    let resent_first_try = ids(
+        pool,
+        "SELECT s.transmission_id FROM dbrouter.database_backend_sends s JOIN dbrouter.transmissions t ON t.id = s.transmission_id
+          WHERE t.attempts = 1 GROUP BY s.transmission_id HAVING count(*) > 1 LIMIT 10",
+    )
+    .await?;
+    report(
+        "duplicates without a re-claim",
+        resent_first_try.len().to_string(),
+        resent_first_try.is_empty(),
+        format!("transmissions {resent_first_try:?}"),
+    );
+
+    let unrecorded = ids(
+        pool,
+        "SELECT t.id FROM dbrouter.transmissions t WHERE t.status = 'E'
+            AND NOT EXISTS (SELECT 1 FROM dbrouter.attempts a WHERE a.transmission_id = t.id) LIMIT 10",
+    )
+    .await?;
+    report(
+        "E transmissions without a recorded error",
+        unrecorded.len().to_string(),
+        unrecorded.is_empty(),
+        format!("transmissions {unrecorded:?}"),
+    );
+    let overcounted = ids(
+        pool,
+        "SELECT t.id FROM dbrouter.transmissions t
+          WHERE (SELECT count(*) FROM dbrouter.attempts a WHERE a.transmission_id = t.id) > t.attempts LIMIT 10",
+    )
+    .await?;
+    report(
+        "more failures recorded than attempts",
+        overcounted.len().to_string(),
+        overcounted.is_empty(),
+        format!("transmissions {overcounted:?}"),
+    );
+    let failed_attempts = count(pool, "SELECT count(*) FROM dbrouter.attempts").await?;
+    report(
+        "failed attempts recorded",
+        failed_attempts.to_string(),
+        true,
+        String::new(),
+    );
+    let bad_counters = ids(
+        pool,
+        "SELECT m.id FROM dbrouter.messages m
+           JOIN LATERAL (SELECT count(*) AS total, count(*) FILTER (WHERE status = 'E') AS err,
+                                count(*) FILTER (WHERE status IN ('S','D')) AS done
+                           FROM dbrouter.transmissions t WHERE t.message_id = m.id) c ON true
+          WHERE m.direction = 'O' AND (m.n_total, m.n_error, m.n_done) IS DISTINCT FROM (c.total::int, c.err::int, c.done::int)
+          LIMIT 10",
+    )
+    .await?;
+    report(
+        "messages whose status disagrees with transmissions",
+        bad_counters.len().to_string(),
+        bad_counters.is_empty(),
+        format!("messages {bad_counters:?}"),
+    );
+    let wrong_status = ids(
+        pool,
+        "SELECT id FROM dbrouter.messages WHERE direction = 'O'
+            AND status <> dbrouter.rollup(n_total, n_error, n_done, n_delivered) LIMIT 10",
+    )
+    .await?;
+    report(
+        "messages whose status breaks the rollup rule",
+        wrong_status.len().to_string(),
+        wrong_status.is_empty(),
+        format!("messages {wrong_status:?}"),
+    );
+    report(
+        "workers that exited on their own",
+        f.unexpected_exits.to_string(),
+        f.unexpected_exits == 0,
+        String::new(),
+    );
+    report(
+        "SIGTERMs that did not exit 0",
+        f.sigterm_bad_exits.to_string(),
+        f.sigterm_bad_exits == 0,
+        String::new(),
+    );
+    Ok(ok)
+}
