@@ -6,17 +6,26 @@
 -- workers take disjoint batches without waiting; a worker that dies releases
 -- its rows when its connection closes, so the claim itself is the crash
 -- protection. Served by the partial index messages_inbound_queued.
+--
+-- The sender is looked up with a LEFT JOIN LATERAL ... LIMIT 1: a message
+-- written by hand without its transmission (or with several) comes back
+-- once, with a NULL sender, and the worker ends it E instead of skipping it
+-- forever or answering it twice.
 SELECT m.id,
        m.text,
        m.external_id,
        m.fields,
-       t.id AS transmission_id,
-       c.identity,
-       b.name AS backend
+       s.identity,
+       s.backend
   FROM dbrouter.messages m
-  JOIN dbrouter.transmissions t ON t.message_id = m.id
-  JOIN dbrouter.connections c ON c.id = t.connection_id
-  JOIN dbrouter.backends b ON b.id = c.backend_id
+  LEFT JOIN LATERAL (
+        SELECT c.identity, b.name AS backend
+          FROM dbrouter.transmissions t
+          JOIN dbrouter.connections c ON c.id = t.connection_id
+          JOIN dbrouter.backends b ON b.id = c.backend_id
+         WHERE t.message_id = m.id
+         ORDER BY t.id
+         LIMIT 1) s ON true
  WHERE m.direction = 'I' AND m.status = 'Q'
  ORDER BY m.id
  LIMIT $1

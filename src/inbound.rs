@@ -26,10 +26,8 @@ struct Row {
     text: String,
     external_id: Option<String>,
     fields: serde_json::Value,
-    #[allow(dead_code)]
-    transmission_id: i64,
-    identity: String,
-    backend: String,
+    identity: Option<String>,
+    backend: Option<String>,
 }
 
 /// One message's result: its replies, or why it failed.
@@ -71,10 +69,18 @@ async fn run_apps(
     deadline: Instant,
     cfg: &WorkerConfig,
 ) -> Processed {
+    let (Some(identity), Some(backend)) = (row.identity, row.backend) else {
+        return Processed {
+            id: row.id,
+            backend: String::new(),
+            identity: String::new(),
+            result: Err("this inbound message has no transmission (sender); enqueue inbound messages through dbrouter.inbox".into()),
+        };
+    };
     let mut msg = IncomingMessage {
         id: row.id,
-        backend: row.backend.clone(),
-        identity: row.identity.clone(),
+        backend: backend.clone(),
+        identity: identity.clone(),
         text: row.text,
         external_id: row.external_id,
         fields: row.fields,
@@ -95,8 +101,8 @@ async fn run_apps(
     };
     Processed {
         id: row.id,
-        backend: row.backend,
-        identity: row.identity,
+        backend,
+        identity,
         result,
     }
 }

@@ -171,6 +171,8 @@ fn group_by_message(claimed: &[Claimed]) -> Vec<Vec<Claimed>> {
 
 /// Record a batch's outcomes (fenced by `token`). Returns how many rows were
 /// still this batch's to record. Retries transient errors until `give_up`.
+/// When the database refuses the batch for what is in it, the batch is split
+/// until the transmission at fault is found, and that one is ended E alone.
 pub async fn finish(
     pool: &PgPool,
     cfg: &WorkerConfig,
@@ -178,6 +180,45 @@ pub async fn finish(
     outcomes: &[(i64, Outcome)],
     give_up: Instant,
 ) -> Result<u64> {
+    let mut pending = vec![outcomes];
+    let mut recorded = 0;
+    while let Some(chunk) = pending.pop() {
+        match finish_chunk(pool, cfg, token, chunk, give_up).await {
+            Ok(n) => recorded += n,
+            Err(e) if matches!(e, sqlx::Error::Database(_)) && !is_transient(&e) => {
+                if let [(id, _)] = chunk {
+                    tracing::warn!(transmission = id, error = %e, "cannot record this outcome: ending it E");
+                    let mut conn = Conn::acquire(pool).await?;
+                    let done = sqlx::query(include_str!("../sql/outbound_quarantine.sql"))
+                        .persistent(crate::db::prepared())
+                        .bind(token)
+                        .bind(id)
+                        .bind(format!(
+                            "the database refused this transmission's outcome: {e}"
+                        ))
+                        .execute(conn.get())
+                        .await?;
+                    conn.done().await?;
+                    recorded += done.rows_affected().min(1);
+                } else {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    pending.push(b);
+                    pending.push(a);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(recorded)
+}
+
+async fn finish_chunk(
+    pool: &PgPool,
+    cfg: &WorkerConfig,
+    token: i64,
+    outcomes: &[(i64, Outcome)],
+    give_up: Instant,
+) -> std::result::Result<u64, sqlx::Error> {
     let mut ids = Vec::with_capacity(outcomes.len());
     let mut sent = Vec::with_capacity(outcomes.len());
     let mut gateway_ids: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
@@ -223,7 +264,7 @@ pub async fn finish(
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
 }
