@@ -24,8 +24,8 @@ SELECT m.id,
           JOIN dbrouter.connections c ON c.id = t.connection_id
           JOIN dbrouter.backends b ON b.id = c.backend_id
          WHERE t.message_id = m.id
-         ORDER BY t.id
-         LIMIT 1) s ON true
+         ORDER BY t.connection_id  -- the (message_id, connection_id) index's order:
+         LIMIT 1) s ON true        -- ORDER BY t.id made the planner walk the pkey
  WHERE m.direction = 'I' AND m.status = 'Q'
  ORDER BY m.id
  LIMIT $1

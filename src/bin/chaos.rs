@@ -184,6 +184,7 @@ impl Workers {
 
 #[derive(Default, Debug)]
 struct Figures {
+    settle_secs: f64,
     /// Fault kinds not injected yet.
     pending: Vec<u32>,
     workers: usize,
@@ -314,7 +315,9 @@ async fn main() -> Result<()> {
         "chaos: faults stopped; waiting up to {} for the queues to settle",
         humantime::format_duration(args.settle)
     );
+    let settle_start = Instant::now();
     let settled = settle(&pool, &mut workers, &mut figures, args.settle).await?;
+    figures.settle_secs = settle_start.elapsed().as_secs_f64();
     for i in 0..workers.children.len() {
         workers.signal(i, "TERM")?;
     }
@@ -584,8 +587,8 @@ async fn check(
     );
     let unanswered = ids(
         pool,
-        "SELECT i.id FROM dbrouter.messages i WHERE i.direction = 'I' AND i.status = 'R'
-            AND NOT EXISTS (SELECT 1 FROM dbrouter.messages o WHERE o.in_response_to = i.id) LIMIT 10",
+        "(SELECT id FROM dbrouter.messages WHERE direction = 'I' AND status = 'R'
+          EXCEPT SELECT in_response_to FROM dbrouter.messages WHERE in_response_to IS NOT NULL) LIMIT 10",
     )
     .await?;
     report(
