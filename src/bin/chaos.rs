@@ -69,6 +69,7 @@ struct Args {
 const CONCURRENCY: usize = 3;
 const BATCH: usize = 50;
 const LEASE: &str = "3s";
+const LEASE_SECS: u64 = 3;
 
 const BACKENDS: &[(&str, &str)] = &[
     ("steady", r#"{}"#),
@@ -199,6 +200,7 @@ struct Figures {
     pg_restarts_fast: usize,
     pg_restarts_immediate: usize,
     connection_cuts: usize,
+    pauses: usize,
     unexpected_exits: usize,
 }
 
@@ -221,7 +223,7 @@ async fn main() -> Result<()> {
     }
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut figures = Figures {
-        pending: (0..5).collect(),
+        pending: (0..6).collect(),
         workers: args.workers,
         ..Figures::default()
     };
@@ -354,7 +356,7 @@ async fn inject(
         let i = rng.gen_range(0..figures.pending.len());
         figures.pending.swap_remove(i)
     } else {
-        rng.gen_range(0..5)
+        rng.gen_range(0..6)
     };
     let w = rng.gen_range(0..workers.children.len());
     match which {
@@ -383,6 +385,15 @@ async fn inject(
             } else {
                 figures.pg_restarts_fast += 1;
             }
+        }
+        5 => {
+            // Freeze a worker past its lease (a send "slower than the lease"):
+            // another worker re-claims its batch; when it thaws, its late
+            // finish must change nothing.
+            workers.signal(w, "STOP")?;
+            tokio::time::sleep(Duration::from_secs(LEASE_SECS + 2)).await;
+            workers.signal(w, "CONT")?;
+            figures.pauses += 1;
         }
         _ => {
             let cut = sqlx::query(
@@ -490,6 +501,7 @@ async fn check(
     info("PostgreSQL restarts -m fast", f.pg_restarts_fast);
     info("PostgreSQL restarts -m immediate", f.pg_restarts_immediate);
     info("connection cuts (pg_terminate_backend)", f.connection_cuts);
+    info("workers frozen past their lease (SIGSTOP)", f.pauses);
 
     let present: HashSet<String> =
         sqlx::query_as::<_, (String,)>("SELECT text FROM dbrouter.messages WHERE direction = 'I'")
@@ -527,8 +539,8 @@ async fn check(
     );
 
     report(
-        "queues settled after the faults",
-        settled.to_string(),
+        "seconds for the queues to settle after the faults",
+        format!("{:.1}", f.settle_secs),
         settled,
         String::new(),
     );
@@ -618,11 +630,12 @@ async fn check(
     .await?;
     // The README's promise: a transmission is sent again only when its
     // worker lost it mid-send (killed, or cut from the database past the
-    // lease). Each such event can repeat at most the batches in flight: a
-    // killed worker's own; a restart or cut touches every worker.
+    // lease, or frozen past it). Each such event can repeat at most the
+    // batches in flight: a killed or frozen worker's own; a restart or cut
+    // touches every worker.
     let per_worker = (CONCURRENCY * BATCH) as i64;
     let everyone = (f.pg_restarts_fast + f.pg_restarts_immediate + f.connection_cuts) * f.workers;
-    let bound = per_worker * (f.sigkills + everyone) as i64;
+    let bound = per_worker * (f.sigkills + f.pauses + everyone) as i64;
     report(
         &format!("extra sends (bound {bound})"),
         dup.to_string(),
