@@ -4,8 +4,10 @@
 //! The claim's row locks are the crash protection: if the worker dies, the
 //! transaction aborts and the messages are queued again. Apps run under a
 //! deadline (`--app-timeout`) so they cannot hold the transaction open for
-//! long. A message whose replies the database refuses (a poison message) is
-//! isolated by splitting the batch under savepoints and ends E alone.
+//! long. Replies are written with one array INSERT into the outbox (see
+//! `sql/insert_replies.sql` for why not COPY). A message whose replies the
+//! database refuses (a poison message) is isolated by splitting the batch
+//! under savepoints and ends E alone.
 
 use std::panic::AssertUnwindSafe;
 
@@ -16,7 +18,6 @@ use tokio::time::Instant;
 
 use crate::apps::{IncomingMessage, Pipeline, Verdict};
 use crate::config::WorkerConfig;
-use crate::copy_text::push_row;
 use crate::db::is_transient;
 use crate::error::Result;
 
@@ -146,29 +147,29 @@ async fn write_chunk(
     conn: &mut PgConnection,
     chunk: &[Processed],
 ) -> std::result::Result<(), sqlx::Error> {
-    let mut copy = String::new();
+    let mut backends = Vec::new();
+    let mut identities = Vec::new();
+    let mut texts = Vec::new();
+    let mut in_response_to = Vec::new();
     for p in chunk {
         if let Ok(replies) = &p.result {
-            let in_response_to = p.id.to_string();
             for text in replies {
-                push_row(
-                    &mut copy,
-                    &[
-                        Some(&p.backend),
-                        Some(&p.identity),
-                        Some(text),
-                        Some(&in_response_to),
-                    ],
-                );
+                backends.push(p.backend.as_str());
+                identities.push(p.identity.as_str());
+                texts.push(text.as_str());
+                in_response_to.push(p.id);
             }
         }
     }
-    if !copy.is_empty() {
-        let mut sink = conn
-            .copy_in_raw(include_str!("../sql/copy_replies.sql"))
+    if !texts.is_empty() {
+        sqlx::query(include_str!("../sql/insert_replies.sql"))
+            .persistent(crate::db::prepared())
+            .bind(&backends)
+            .bind(&identities)
+            .bind(&texts)
+            .bind(&in_response_to)
+            .execute(&mut *conn)
             .await?;
-        sink.send(copy.into_bytes()).await?;
-        sink.finish().await?;
     }
     let ids: Vec<i64> = chunk.iter().map(|p| p.id).collect();
     let errors: Vec<Option<String>> = chunk

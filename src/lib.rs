@@ -13,7 +13,6 @@ pub mod admin;
 pub mod apps;
 pub mod backends;
 pub mod config;
-pub mod copy_text;
 pub mod db;
 pub mod error;
 pub mod inbound;

@@ -1,0 +1,662 @@
+//! `dbrouter-bench`: the benchmark that `bin/bench` runs.
+//!
+//! Measures dbrouter end to end on a throwaway cluster and, on the same
+//! cluster in the same run, the bare SQL of the same shape (the bounds), so
+//! the figures can be read as ratios on a shared, noisy machine. Prints a
+//! Markdown table and writes JSON.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Serialize;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "dbrouter-bench",
+    about = "Benchmark dbrouter against same-run bounds"
+)]
+struct Args {
+    /// Server URL (any database); each run makes its own database.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// The cluster's postmaster pid (for PostgreSQL's CPU time).
+    #[arg(long)]
+    postmaster_pid: u32,
+    /// The dbrouter binary.
+    #[arg(long, default_value = "target/release/dbrouter")]
+    dbrouter: String,
+    /// Inbound messages per round-trip run.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Identities of the broadcast run.
+    #[arg(long, default_value_t = 100_000)]
+    broadcast: usize,
+    /// Final messages already in the tables for the history run (0: skip it).
+    #[arg(long, default_value_t = 5_000_000)]
+    history: usize,
+    /// Single inserts of the latency run.
+    #[arg(long, default_value_t = 500)]
+    latency_samples: usize,
+    /// How long the claim-200 bound runs.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    claim_for: Duration,
+    /// Worker process counts of the round-trip runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    workers: Vec<usize>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench.json")]
+    json: String,
+}
+
+#[derive(Serialize, Default, Debug, Clone)]
+struct RoundTrip {
+    workers: usize,
+    messages: usize,
+    history: usize,
+    seconds: f64,
+    msgs_per_s: f64,
+    worker_cpu_s: f64,
+    postgres_cpu_s: f64,
+    cpu_ms_per_msg: f64,
+    worker_peak_rss_mib: f64,
+}
+
+#[derive(Serialize, Default, Debug)]
+struct Results {
+    machine: String,
+    claim200_rows_per_s: f64,
+    copy_rows_per_s: f64,
+    wakeup_p50_ms: f64,
+    wakeup_p99_ms: f64,
+    round_trips: Vec<RoundTrip>,
+    history_run: Option<RoundTrip>,
+    broadcast_identities: usize,
+    broadcast_call_ids_per_s: f64,
+    broadcast_end_to_end_per_s: f64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    latency_max_ms: f64,
+}
+
+static DB_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn with_database(url: &str, db: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = main.find("://").map(|i| i + 3).unwrap_or(0);
+    let end = main[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(main.len());
+    match query {
+        Some(q) => format!("{}/{db}?{q}", &main[..end]),
+        None => format!("{}/{db}", &main[..end]),
+    }
+}
+
+/// A fresh database, migrated, with one `database` backend named `bench`.
+async fn fresh_db(args: &Args, what: &str) -> Result<(PgPool, String)> {
+    let admin = dbrouter::db::connect(&args.database_url, 1).await?;
+    let name = format!(
+        "bench_{what}_{}",
+        DB_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let url = with_database(&args.database_url, &name);
+    let pool = dbrouter::db::connect(&url, 8).await?;
+    dbrouter::db::migrate(&pool).await?;
+    sqlx::query("INSERT INTO dbrouter.backends (name, engine) VALUES ('bench', 'database')")
+        .execute(&pool)
+        .await?;
+    Ok((pool, url))
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// (utime + stime, cutime + cstime, ppid) in ticks from /proc/pid/stat.
+fn proc_stat(pid: u32) -> Option<(u64, u64, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // after ") ": state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some((num(11)? + num(12)?, num(13)? + num(14)?, num(1)? as u32))
+}
+
+/// CPU seconds of the cluster: the postmaster, its reaped children, and its
+/// live children.
+fn postgres_cpu(postmaster: u32, tck: f64) -> f64 {
+    let mut ticks = 0u64;
+    if let Some((own, reaped, _)) = proc_stat(postmaster) {
+        ticks += own + reaped;
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some((own, _, ppid)) = proc_stat(pid) {
+                if ppid == postmaster {
+                    ticks += own;
+                }
+            }
+        }
+    }
+    ticks as f64 / tck
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn spawn_workers(args: &Args, url: &str, n: usize) -> Result<Vec<Child>> {
+    (0..n)
+        .map(|_| {
+            Command::new(&args.dbrouter)
+                .args(["worker", "--apps", "echo", "--poll-interval", "1s"])
+                .env("DATABASE_URL", url)
+                .env("DBROUTER_LOG", "error")
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot start {}", args.dbrouter))
+        })
+        .collect()
+}
+
+async fn stop_workers(children: Vec<Child>) -> Result<()> {
+    for c in &children {
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &c.id().to_string()])
+            .status();
+    }
+    for mut c in children {
+        let start = Instant::now();
+        while c.try_wait()?.is_none() {
+            if start.elapsed() > Duration::from_secs(60) {
+                c.kill()?;
+                bail!("a worker did not stop within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn wait_listening(pool: &PgPool, n: usize) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let (k,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(pool)
+        .await?;
+        if k as usize >= n {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("workers did not start listening within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Nothing queued, in flight or awaiting a retry (both counts use the
+/// partial indexes, so they cost little while the queue drains).
+async fn wait_idle(pool: &PgPool, poll: Duration) -> Result<()> {
+    loop {
+        let (busy,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM dbrouter.messages WHERE direction = 'I' AND status = 'Q')
+                  + (SELECT count(*) FROM dbrouter.transmissions WHERE due_at IS NOT NULL)",
+        )
+        .fetch_one(pool)
+        .await?;
+        if busy == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+async fn insert_inbound(pool: &PgPool, from: usize, n: usize) -> Result<()> {
+    const CHUNK: usize = 1000;
+    let mut i = from;
+    while i < from + n {
+        let end = (i + CHUNK).min(from + n);
+        let mut sql = String::with_capacity(CHUNK * 40);
+        sql.push_str("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ");
+        for k in i..end {
+            if k > i {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "('bench', '+{}', 'echo {k}')",
+                255_700_000_000u64 + k as u64
+            ));
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await?;
+        i = end;
+    }
+    Ok(())
+}
+
+async fn round_trip(args: &Args, workers: usize, history: usize, tck: f64) -> Result<RoundTrip> {
+    let (pool, url) = fresh_db(args, &format!("rt{workers}")).await?;
+    if history > 0 {
+        fill_history(&pool, history).await?;
+    }
+    let children = spawn_workers(args, &url, workers)?;
+    wait_listening(&pool, workers).await?;
+    let worker_cpu = |children: &[Child]| -> f64 {
+        children
+            .iter()
+            .filter_map(|c| proc_stat(c.id()))
+            .map(|(own, _, _)| own as f64 / tck)
+            .sum()
+    };
+    let pg0 = postgres_cpu(args.postmaster_pid, tck);
+    let w0 = worker_cpu(&children);
+    let start = Instant::now();
+    let producer = {
+        let pool = pool.clone();
+        let n = args.messages;
+        tokio::spawn(async move { insert_inbound(&pool, 0, n).await })
+    };
+    producer.await??;
+    wait_idle(&pool, Duration::from_millis(100)).await?;
+    let seconds = start.elapsed().as_secs_f64();
+    let pg1 = postgres_cpu(args.postmaster_pid, tck);
+    let w1 = worker_cpu(&children);
+    let rss = children
+        .iter()
+        .map(|c| peak_rss_mib(c.id()))
+        .fold(0.0, f64::max);
+    stop_workers(children).await?;
+    let (sent,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM dbrouter.messages WHERE direction = 'O' AND status = 'S' AND in_response_to IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await?;
+    if sent as usize != args.messages {
+        bail!(
+            "round trip: {sent} replies sent for {} messages",
+            args.messages
+        );
+    }
+    let worker_cpu_s = w1 - w0;
+    let postgres_cpu_s = pg1 - pg0;
+    Ok(RoundTrip {
+        workers,
+        messages: args.messages,
+        history,
+        seconds,
+        msgs_per_s: args.messages as f64 / seconds,
+        worker_cpu_s,
+        postgres_cpu_s,
+        cpu_ms_per_msg: (worker_cpu_s + postgres_cpu_s) * 1000.0 / args.messages as f64,
+        worker_peak_rss_mib: rss,
+    })
+}
+
+/// `n` final messages (half inbound R, half outbound S) with their
+/// transmissions, written set-wise, then vacuumed and analysed.
+async fn fill_history(pool: &PgPool, n: usize) -> Result<()> {
+    let started = Instant::now();
+    let n = n as i64;
+    let stmts = [
+        "INSERT INTO dbrouter.connections (backend_id, identity)
+         SELECT 1, '+1' || lpad(i::text, 9, '0') FROM generate_series(1, 100000) i",
+        "INSERT INTO dbrouter.messages (direction, status, text, n_total, n_done, sent_at)
+         SELECT CASE WHEN i % 2 = 0 THEN 'I' ELSE 'O' END,
+                CASE WHEN i % 2 = 0 THEN 'R' ELSE 'S' END,
+                'history ' || i, 1, CASE WHEN i % 2 = 0 THEN 0 ELSE 1 END,
+                CASE WHEN i % 2 = 1 THEN now() END
+           FROM generate_series(1, $1) i",
+        "INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status, attempts, sent_at)
+         SELECT m.id, c0.first + m.id % 100000, 1, m.status, 1, m.sent_at
+           FROM dbrouter.messages m, (SELECT min(id) AS first FROM dbrouter.connections) c0",
+    ];
+    for sql in stmts {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .bind(n)
+            .execute(pool)
+            .await?;
+    }
+    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
+    eprintln!(
+        "bench: {n} history messages written in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn broadcast(args: &Args) -> Result<(f64, f64)> {
+    let (pool, url) = fresh_db(args, "broadcast").await?;
+    let children = spawn_workers(args, &url, 2)?;
+    wait_listening(&pool, 2).await?;
+    let ids: Vec<String> = (0..args.broadcast)
+        .map(|i| format!("+{}", 255_700_000_000u64 + i as u64))
+        .collect();
+    let start = Instant::now();
+    sqlx::query("SELECT dbrouter.broadcast('bench', $1, 'Clinic closed on Friday')")
+        .bind(&ids)
+        .execute(&pool)
+        .await?;
+    let call = start.elapsed().as_secs_f64();
+    wait_idle(&pool, Duration::from_millis(100)).await?;
+    let total = start.elapsed().as_secs_f64();
+    stop_workers(children).await?;
+    Ok((args.broadcast as f64 / call, args.broadcast as f64 / total))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Insert → reply sent, on the database's clock: from the INSERT statement's
+/// start (the inbound's created_at) to the start of the statement that
+/// recorded the reply S (its sent_at). The wake-up bound is measured the same
+/// way.
+async fn latency(args: &Args) -> Result<(f64, f64, f64)> {
+    let (pool, url) = fresh_db(args, "latency").await?;
+    let children = spawn_workers(args, &url, 2)?;
+    wait_listening(&pool, 2).await?;
+    for i in 0..args.latency_samples {
+        sqlx::query(
+            "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('bench', $1, $2)",
+        )
+        .bind(format!("+{}", 255_700_000_000u64 + i as u64))
+        .bind(format!("echo {i}"))
+        .execute(&pool)
+        .await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_idle(&pool, Duration::from_millis(50)).await?;
+    stop_workers(children).await?;
+    let rows: Vec<(f64,)> = sqlx::query_as(
+        "SELECT extract(epoch FROM t.sent_at - i.created_at)::float8 * 1000
+           FROM dbrouter.messages i
+           JOIN dbrouter.messages o ON o.in_response_to = i.id
+           JOIN dbrouter.transmissions t ON t.message_id = o.id",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let mut ms: Vec<f64> = rows.into_iter().map(|(v,)| v).collect();
+    ms.sort_by(f64::total_cmp);
+    Ok((
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99),
+        ms.last().copied().unwrap_or(0.0),
+    ))
+}
+
+async fn bound_claim(args: &Args) -> Result<f64> {
+    let (pool, url) = fresh_db(args, "claim").await?;
+    sqlx::raw_sql(
+        "CREATE TABLE bench_claim (id bigserial PRIMARY KEY, status char(1) NOT NULL DEFAULT 'Q', payload text);
+         INSERT INTO bench_claim (payload) SELECT 'job ' || i FROM generate_series(1, 3000000) i;
+         CREATE INDEX ON bench_claim (id) WHERE status = 'Q';",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::raw_sql("VACUUM ANALYZE bench_claim")
+        .execute(&pool)
+        .await?;
+    let until = Instant::now() + args.claim_for;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let pool = dbrouter::db::connect(&url, 1).await?;
+            let mut rows = 0u64;
+            while Instant::now() < until {
+                let done = sqlx::query(
+                    "UPDATE bench_claim SET status = 'P'
+                      WHERE id IN (SELECT id FROM bench_claim WHERE status = 'Q'
+                                    ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED)",
+                )
+                .execute(&pool)
+                .await?;
+                rows += done.rows_affected();
+            }
+            Ok::<u64, anyhow::Error>(rows)
+        }));
+    }
+    let mut rows = 0;
+    for t in tasks {
+        rows += t.await??;
+    }
+    Ok(rows as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn bound_copy(args: &Args) -> Result<f64> {
+    let (pool, _) = fresh_db(args, "copy").await?;
+    sqlx::raw_sql("CREATE TABLE bench_copy (a bigint, b text, c text)")
+        .execute(&pool)
+        .await?;
+    let mut data = String::with_capacity(100_000 * 40);
+    for i in 0..100_000u64 {
+        data.push_str(&format!("{i}\t+{}\techo {i}\n", 255_700_000_000u64 + i));
+    }
+    let mut conn = pool.acquire().await?;
+    let start = Instant::now();
+    let mut copy = conn
+        .copy_in_raw("COPY bench_copy (a, b, c) FROM STDIN")
+        .await?;
+    copy.send(data.into_bytes()).await?;
+    let n = copy.finish().await?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// A client inserts a row and NOTIFYs in one statement; a LISTENing client
+/// updates that row. Database clock, like the latency run.
+async fn bound_wakeup(args: &Args) -> Result<(f64, f64)> {
+    let (pool, _) = fresh_db(args, "wake").await?;
+    sqlx::raw_sql(
+        "CREATE TABLE bench_wake (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(), done_at timestamptz)",
+    )
+    .execute(&pool)
+    .await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.listen("bench").await?;
+    let samples = 300;
+    let updater = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            for _ in 0..samples {
+                let n = listener.recv().await?;
+                let id: i64 = n.payload().parse()?;
+                sqlx::query("UPDATE bench_wake SET done_at = now() WHERE id = $1")
+                    .bind(id)
+                    .execute(&pool)
+                    .await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+    };
+    for _ in 0..samples {
+        sqlx::query("WITH r AS (INSERT INTO bench_wake DEFAULT VALUES RETURNING id) SELECT pg_notify('bench', id::text) FROM r")
+            .execute(&pool)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    updater.await??;
+    let rows: Vec<(f64,)> = sqlx::query_as(
+        "SELECT extract(epoch FROM done_at - created_at)::float8 * 1000 FROM bench_wake",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let mut ms: Vec<f64> = rows.into_iter().map(|(v,)| v).collect();
+    ms.sort_by(f64::total_cmp);
+    Ok((percentile(&ms, 0.5), percentile(&ms, 0.99)))
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().next().and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!("{cpus} cores, {mem_gib:.0} GiB")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let tck = clk_tck();
+    let mut r = Results {
+        machine: machine(),
+        ..Results::default()
+    };
+    eprintln!("bench: bounds");
+    r.claim200_rows_per_s = bound_claim(&args).await?;
+    r.copy_rows_per_s = bound_copy(&args).await?;
+    (r.wakeup_p50_ms, r.wakeup_p99_ms) = bound_wakeup(&args).await?;
+    for &w in &args.workers {
+        eprintln!("bench: round trip, {w} worker(s)");
+        r.round_trips.push(round_trip(&args, w, 0, tck).await?);
+    }
+    eprintln!("bench: broadcast");
+    r.broadcast_identities = args.broadcast;
+    (r.broadcast_call_ids_per_s, r.broadcast_end_to_end_per_s) = broadcast(&args).await?;
+    eprintln!("bench: latency");
+    (r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms) = latency(&args).await?;
+    if args.history > 0 {
+        eprintln!("bench: round trip over {} history messages", args.history);
+        r.history_run = Some(round_trip(&args, 2, args.history, tck).await?);
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&r)?)?;
+    print!("{}", table(&r));
+    Ok(())
+}
+
+fn table(r: &Results) -> String {
+    let by_workers: HashMap<usize, &RoundTrip> =
+        r.round_trips.iter().map(|t| (t.workers, t)).collect();
+    let claim = r.claim200_rows_per_s;
+    let mut out = String::new();
+    out.push_str(&format!("Machine: {}\n\n", r.machine));
+    out.push_str(
+        "| measure | value | bound (same run) | ratio | target |\n|---|---|---|---|---|\n",
+    );
+    for t in &r.round_trips {
+        let target = if t.workers == 2 { "≥ 0.10" } else { "" };
+        out.push_str(&format!(
+            "| round trip, {} worker(s) | {:.0} msgs/s | claim-200 {:.0} rows/s | {:.3} | {target} |\n",
+            t.workers,
+            t.msgs_per_s,
+            claim,
+            t.msgs_per_s / claim
+        ));
+    }
+    for t in &r.round_trips {
+        out.push_str(&format!(
+            "| CPU per round trip, {} worker(s) (worker + PostgreSQL) | {:.3} ms ({:.1} + {:.1} s) | | | ≤ 0.25 ms |\n",
+            t.workers, t.cpu_ms_per_msg, t.worker_cpu_s, t.postgres_cpu_s
+        ));
+    }
+    if let (Some(two), Some(four)) = (by_workers.get(&2), by_workers.get(&4)) {
+        out.push_str(&format!(
+            "| 4 workers vs 2 | {:.2} × | | | ≥ 0.9 |\n",
+            four.msgs_per_s / two.msgs_per_s
+        ));
+    }
+    out.push_str(&format!(
+        "| broadcast call ({} identities) | {:.0} ids/s | COPY {:.0} rows/s | {:.3} | ≥ 0.25 |\n",
+        r.broadcast_identities,
+        r.broadcast_call_ids_per_s,
+        r.copy_rows_per_s,
+        r.broadcast_call_ids_per_s / r.copy_rows_per_s
+    ));
+    out.push_str(&format!(
+        "| broadcast end to end | {:.0} transmissions/s | claim-200 {:.0} rows/s | {:.3} | ≥ 0.30 |\n",
+        r.broadcast_end_to_end_per_s,
+        claim,
+        r.broadcast_end_to_end_per_s / claim
+    ));
+    out.push_str(&format!(
+        "| latency insert → reply sent, p50 | {:.2} ms | wake-up p50 {:.2} ms | {:.2} | ≤ 2.5 |\n",
+        r.latency_p50_ms,
+        r.wakeup_p50_ms,
+        r.latency_p50_ms / r.wakeup_p50_ms
+    ));
+    out.push_str(&format!(
+        "| latency insert → reply sent, p99 | {:.2} ms | wake-up p99 {:.2} ms | {:.2} | ≤ 3 |\n",
+        r.latency_p99_ms,
+        r.wakeup_p99_ms,
+        r.latency_p99_ms / r.wakeup_p99_ms
+    ));
+    out.push_str(&format!(
+        "| latency max | {:.2} ms | | | |\n",
+        r.latency_max_ms
+    ));
+    if let (Some(h), Some(two)) = (&r.history_run, by_workers.get(&2)) {
+        out.push_str(&format!(
+            "| round trip, 2 workers, {} history messages | {:.0} msgs/s | empty tables {:.0} msgs/s | {:.2} | ≥ 0.90 |\n",
+            h.history,
+            h.msgs_per_s,
+            two.msgs_per_s,
+            h.msgs_per_s / two.msgs_per_s
+        ));
+    }
+    let rss = r
+        .round_trips
+        .iter()
+        .map(|t| t.worker_peak_rss_mib)
+        .fold(0.0, f64::max);
+    out.push_str(&format!("| worker peak RSS | {rss:.1} MiB | | | |\n"));
+    out
+}
