@@ -84,78 +84,145 @@ pub async fn send(
                 .collect();
         }
     };
-    let groups = group_by_message(claimed);
-    let calls = groups.into_iter().map(|rows| {
-        let backend = backend.clone();
-        async move {
-            let first = &rows[0];
-            let ids: Vec<i64> = rows.iter().map(|r| r.transmission_id).collect();
-            let all = |o: Outcome| ids.iter().map(|id| (*id, o.clone())).collect::<Vec<_>>();
-            let outgoing = OutgoingMessage {
-                id: first.message_id,
-                backend: entry.name.clone(),
-                text: first.text.clone(),
-                identities: rows.iter().map(|r| r.identity.clone()).collect(),
-                in_response_to: first.in_response_to,
-            };
-            match pipeline.outgoing(&outgoing).await {
-                Ok(None) => {}
-                Ok(Some(app)) => {
-                    return all(Outcome::permanent(format!("cancelled by app {app:?}")))
-                }
-                Err(e) => return all(Outcome::retryable(e.to_string())),
+    let (mut out, requests) = prepare(entry, pipeline, token, claimed).await;
+    let timed_out = || {
+        Outcome::retryable(format!(
+            "send timed out after {}",
+            humantime::format_duration(entry.timeout)
+        ))
+    };
+    if backend.sends_batches() {
+        // One call for the whole batch, under one deadline.
+        let deadline = batch_deadline.min(Instant::now() + entry.timeout);
+        let call = AssertUnwindSafe(backend.send_batch(&requests)).catch_unwind();
+        let results = match tokio::time::timeout_at(deadline, call).await {
+            Err(_) => vec![Err(timed_out()); requests.len()],
+            Ok(Err(_panic)) => {
+                vec![Err(Outcome::retryable("the backend panicked while sending")); requests.len()]
             }
-            let req = SendRequest {
-                backend: entry.name.clone(),
-                batch: token,
-                message_id: first.message_id,
-                text: first.text.clone(),
-                recipients: rows
-                    .iter()
-                    .map(|r| Recipient {
-                        transmission_id: r.transmission_id,
-                        identity: r.identity.clone(),
-                        attempt: r.attempts,
-                    })
-                    .collect(),
-                in_response_to: first.in_response_to,
-                reply_to_external_id: first.reply_to_external_id.clone(),
-            };
-            let deadline = batch_deadline.min(Instant::now() + entry.timeout);
-            // A panicking backend fails this call, not the worker.
-            let call = AssertUnwindSafe(backend.send(&req)).catch_unwind();
-            match tokio::time::timeout_at(deadline, call).await {
-                Err(_) => all(Outcome::retryable(format!(
-                    "send timed out after {}",
-                    humantime::format_duration(entry.timeout)
-                ))),
-                Ok(Err(_panic)) => all(Outcome::retryable("the backend panicked while sending")),
-                Ok(Ok(Err(e))) => all(Outcome::Failed {
-                    error: e.error,
-                    permanent: e.permanent,
-                }),
-                Ok(Ok(Ok(outcomes))) => {
-                    let n = outcomes.len();
-                    let mut out: Vec<(i64, Outcome)> = ids.iter().copied().zip(outcomes).collect();
-                    for id in ids.iter().skip(n) {
-                        out.push((
-                            *id,
-                            Outcome::retryable(format!(
-                                "backend returned {n} outcomes for {} identities",
-                                ids.len()
-                            )),
-                        ));
-                    }
-                    out
-                }
+            Ok(Ok(Err(e))) => vec![Err(e.into()); requests.len()],
+            Ok(Ok(Ok(per_request))) => {
+                let mut r: Vec<_> = per_request
+                    .into_iter()
+                    .map(|x| x.map_err(Outcome::from))
+                    .collect();
+                r.resize(
+                    requests.len(),
+                    Err(Outcome::retryable(
+                        "the backend returned no outcome for this message",
+                    )),
+                );
+                r
             }
+        };
+        for (req, result) in requests.iter().zip(results) {
+            out.extend(outcomes_for(req, result));
         }
-    });
-    stream::iter(calls)
+        return out;
+    }
+    // One call per message, several in flight, each under its own deadline.
+    let timeout = entry.timeout;
+    let calls: Vec<_> = requests
+        .into_iter()
+        .map(|req| {
+            let backend = backend.clone();
+            async move {
+                let deadline = batch_deadline.min(Instant::now() + timeout);
+                let call = AssertUnwindSafe(backend.send(&req)).catch_unwind();
+                let result = match tokio::time::timeout_at(deadline, call).await {
+                    Err(_) => Err(Outcome::retryable(format!(
+                        "send timed out after {}",
+                        humantime::format_duration(timeout)
+                    ))),
+                    Ok(Err(_panic)) => {
+                        Err(Outcome::retryable("the backend panicked while sending"))
+                    }
+                    Ok(Ok(r)) => r.map_err(Outcome::from),
+                };
+                outcomes_for(&req, result)
+            }
+        })
+        .collect();
+    let sent: Vec<Vec<(i64, Outcome)>> = stream::iter(calls)
         .buffer_unordered(SEND_PARALLELISM)
-        .flat_map(stream::iter)
         .collect()
-        .await
+        .await;
+    out.extend(sent.into_iter().flatten());
+    out
+}
+
+/// Run the outgoing phase per message: the cancelled ones get their
+/// outcomes now, the others become send requests.
+async fn prepare(
+    entry: &BackendEntry,
+    pipeline: &Pipeline,
+    token: i64,
+    claimed: &[Claimed],
+) -> (Vec<(i64, Outcome)>, Vec<SendRequest>) {
+    let mut cancelled = Vec::new();
+    let mut requests = Vec::new();
+    for rows in group_by_message(claimed) {
+        let first = &rows[0];
+        let outgoing = OutgoingMessage {
+            id: first.message_id,
+            backend: entry.name.clone(),
+            text: first.text.clone(),
+            identities: rows.iter().map(|r| r.identity.clone()).collect(),
+            in_response_to: first.in_response_to,
+        };
+        let verdict = match pipeline.outgoing(&outgoing).await {
+            Ok(None) => None,
+            Ok(Some(app)) => Some(Outcome::permanent(format!("cancelled by app {app:?}"))),
+            Err(e) => Some(Outcome::retryable(e.to_string())),
+        };
+        if let Some(o) = verdict {
+            cancelled.extend(rows.iter().map(|r| (r.transmission_id, o.clone())));
+            continue;
+        }
+        requests.push(SendRequest {
+            backend: entry.name.clone(),
+            batch: token,
+            message_id: first.message_id,
+            text: first.text.clone(),
+            recipients: rows
+                .iter()
+                .map(|r| Recipient {
+                    transmission_id: r.transmission_id,
+                    identity: r.identity.clone(),
+                    attempt: r.attempts,
+                })
+                .collect(),
+            in_response_to: first.in_response_to,
+            reply_to_external_id: first.reply_to_external_id.clone(),
+        });
+    }
+    (cancelled, requests)
+}
+
+/// One outcome per recipient of `req`: the backend's, or the call's failure
+/// for all of them. Missing outcomes count as retryable failures.
+fn outcomes_for(
+    req: &SendRequest,
+    result: std::result::Result<Vec<Outcome>, Outcome>,
+) -> Vec<(i64, Outcome)> {
+    let ids = req.recipients.iter().map(|r| r.transmission_id);
+    match result {
+        Err(o) => ids.map(|id| (id, o.clone())).collect(),
+        Ok(outcomes) => {
+            let n = outcomes.len();
+            let total = req.recipients.len();
+            let mut out: Vec<(i64, Outcome)> = ids.clone().zip(outcomes).collect();
+            for id in ids.skip(n) {
+                out.push((
+                    id,
+                    Outcome::retryable(format!(
+                        "backend returned {n} outcomes for {total} identities"
+                    )),
+                ));
+            }
+            out
+        }
+    }
 }
 
 fn group_by_message(claimed: &[Claimed]) -> Vec<Vec<Claimed>> {

@@ -57,6 +57,16 @@ async fn transmissions_are_batched_per_backend_across_messages() {
     db.worker(test_config()).await.drain().await.unwrap();
     assert_eq!(batch_sizes(&db, "a").await, vec![4, 3]);
     assert_eq!(batch_sizes(&db, "b").await, vec![4, 2]);
+    // One send call per message, even though a batch is recorded at once.
+    assert_eq!(
+        db.scalar_i64("SELECT count(DISTINCT call_id) FROM dbrouter.database_backend_sends")
+            .await,
+        13
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM (SELECT call_id FROM dbrouter.database_backend_sends GROUP BY call_id HAVING count(DISTINCT message_id) > 1) c").await,
+        0
+    );
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM dbrouter.messages WHERE status = 'S'")
             .await,
@@ -543,5 +553,18 @@ async fn lease_shorter_than_twice_the_timeout_is_refused() {
         report.contains("backend \"slow\" is misconfigured"),
         "{report}"
     );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn an_engine_called_once_per_message_sends_every_message() {
+    let db = TestDb::new().await;
+    db.backend("log", "console", json!({}), Some(3)).await;
+    let a = db.broadcast("log", &ids("+a", 5), "first").await;
+    let b = db.broadcast("log", &ids("+b", 4), "second").await;
+    db.worker(test_config()).await.drain().await.unwrap();
+    assert_eq!(status_of(&db, a).await, "S");
+    assert_eq!(status_of(&db, b).await, "S");
+    db.assert_counters_consistent().await;
     db.drop().await;
 }

@@ -2,6 +2,8 @@
 # binaries and run a private cluster on a free loopback port.
 # Source it; then call `cluster_start DIR` and `cluster_stop DIR`.
 # After cluster_start: CLUSTER_PORT, CLUSTER_URL (database postgres).
+# CLUSTER_PG_OPTS adds server options, e.g. for profiling:
+#   CLUSTER_PG_OPTS="-c shared_preload_libraries=auto_explain -c auto_explain.log_min_duration=1s"
 
 pg_bindir() {
     local d
@@ -73,7 +75,7 @@ cluster_start() {
     else
         CLUSTER_PORT=$(free_port) || return 1
         as_pg "$PGBIN/pg_ctl" -D "$dir/pgdata" -l "$dir/postgres.log" -w -t 60 \
-            -o "-p $CLUSTER_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300" \
+            -o "-p $CLUSTER_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300 ${CLUSTER_PG_OPTS:-}" \
             start >/dev/null || { tail -20 "$dir/postgres.log" >&2; return 1; }
     fi
     CLUSTER_URL="postgres://postgres@127.0.0.1:$CLUSTER_PORT/postgres"

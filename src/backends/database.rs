@@ -118,64 +118,101 @@ impl Database {
 }
 
 impl Database {
-    async fn record(&self, req: &SendRequest, accepted: &[&Recipient]) -> Result<(), sqlx::Error> {
+    /// Record every accepted identity of these calls in one statement, on
+    /// its own connection and transaction (like a gateway accepting them).
+    async fn record(&self, calls: &[(&SendRequest, Vec<&Recipient>)]) -> Result<(), sqlx::Error> {
+        let mut call = Vec::new();
+        let mut message_id = Vec::new();
+        let mut text = Vec::new();
+        let mut in_response_to = Vec::new();
+        let mut reply_to = Vec::new();
+        let mut transmission_id = Vec::new();
+        let mut identity = Vec::new();
+        let mut attempt = Vec::new();
+        for (i, (req, accepted)) in calls.iter().enumerate() {
+            for r in accepted {
+                call.push(i32::try_from(i).unwrap_or(i32::MAX));
+                message_id.push(req.message_id);
+                text.push(req.text.as_str());
+                in_response_to.push(req.in_response_to);
+                reply_to.push(req.reply_to_external_id.as_deref());
+                transmission_id.push(r.transmission_id);
+                identity.push(r.identity.as_str());
+                attempt.push(r.attempt);
+            }
+        }
+        if call.is_empty() {
+            return Ok(());
+        }
         let mut conn = crate::db::Conn::acquire(&self.pool).await?;
         sqlx::query(include_str!("../../sql/database_backend_record.sql"))
             .persistent(crate::db::prepared())
             .bind(&self.name)
-            .bind(req.batch)
-            .bind(req.message_id)
-            .bind(&req.text)
-            .bind(req.in_response_to)
-            .bind(&req.reply_to_external_id)
-            .bind(
-                accepted
-                    .iter()
-                    .map(|r| r.transmission_id)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                accepted
-                    .iter()
-                    .map(|r| r.identity.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(accepted.iter().map(|r| r.attempt).collect::<Vec<_>>())
+            .bind(calls[0].0.batch)
+            .bind(&call)
+            .bind(&message_id)
+            .bind(&text)
+            .bind(&in_response_to)
+            .bind(&reply_to)
+            .bind(&transmission_id)
+            .bind(&identity)
+            .bind(&attempt)
             .execute(conn.get())
             .await?;
         conn.done().await
     }
-}
 
-#[async_trait]
-impl Backend for Database {
-    async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError> {
-        if let Some(delay) = self.config.delay {
-            if chance(self.config.delay_rate) {
-                tokio::time::sleep(delay).await;
-            }
-        }
-        let outcomes: Vec<Outcome> = req
-            .recipients
+    fn outcomes(&self, req: &SendRequest) -> Vec<Outcome> {
+        req.recipients
             .iter()
             .map(|r| {
                 self.fails(&r.identity, r.attempt)
                     .unwrap_or(Outcome::Sent { gateway_id: None })
             })
-            .collect();
-        let accepted: Vec<_> = req
-            .recipients
+            .collect()
+    }
+}
+
+fn accepted<'a>(req: &'a SendRequest, outcomes: &[Outcome]) -> Vec<&'a Recipient> {
+    req.recipients
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| matches!(o, Outcome::Sent { .. }))
+        .map(|(r, _)| r)
+        .collect()
+}
+
+#[async_trait]
+impl Backend for Database {
+    async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError> {
+        let mut results = self.send_batch(std::slice::from_ref(req)).await?;
+        results.pop().unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// A whole batch is one "gateway call" per message but one statement.
+    fn sends_batches(&self) -> bool {
+        true
+    }
+
+    async fn send_batch(
+        &self,
+        reqs: &[SendRequest],
+    ) -> Result<Vec<Result<Vec<Outcome>, SendError>>, SendError> {
+        if let Some(delay) = self.config.delay {
+            if chance(self.config.delay_rate) {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        let outcomes: Vec<Vec<Outcome>> = reqs.iter().map(|r| self.outcomes(r)).collect();
+        let calls: Vec<_> = reqs
             .iter()
             .zip(&outcomes)
-            .filter(|(_, o)| matches!(o, Outcome::Sent { .. }))
-            .map(|(r, _)| r)
+            .map(|(r, o)| (r, accepted(r, o)))
             .collect();
-        if !accepted.is_empty() {
-            self.record(req, &accepted).await.map_err(|e| SendError {
-                error: format!("database backend could not record the send: {e}"),
-                permanent: false,
-            })?;
-        }
-        Ok(outcomes)
+        self.record(&calls).await.map_err(|e| SendError {
+            error: format!("database backend could not record the send: {e}"),
+            permanent: false,
+        })?;
+        Ok(outcomes.into_iter().map(Ok).collect())
     }
 }

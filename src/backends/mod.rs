@@ -74,6 +74,15 @@ pub struct SendError {
     pub permanent: bool,
 }
 
+impl From<SendError> for Outcome {
+    fn from(e: SendError) -> Self {
+        Outcome::Failed {
+            error: e.error,
+            permanent: e.permanent,
+        }
+    }
+}
+
 /// A backend engine.
 #[async_trait]
 pub trait Backend: Send + Sync {
@@ -81,6 +90,26 @@ pub trait Backend: Send + Sync {
     /// recipient, in the same order; a shorter or longer list is treated as
     /// a failure of the missing identities.
     async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError>;
+
+    /// Whether the worker should hand this engine a whole batch at once with
+    /// [`Backend::send_batch`] (one call, one deadline) instead of calling
+    /// [`Backend::send`] once per message.
+    fn sends_batches(&self) -> bool {
+        false
+    }
+
+    /// Send every message of a batch in one call; one result per request, in
+    /// order. Only called when [`Backend::sends_batches`] is true.
+    async fn send_batch(
+        &self,
+        reqs: &[SendRequest],
+    ) -> Result<Vec<Result<Vec<Outcome>, SendError>>, SendError> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            out.push(self.send(req).await);
+        }
+        Ok(out)
+    }
 }
 
 /// Settings every engine shares, from the backend's config.
