@@ -16,10 +16,12 @@ SELECT m.id,
        m.external_id,
        m.fields,
        s.identity,
-       s.backend
+       s.backend,
+       s.connection_id,
+       s.backend_id
   FROM dbrouter.messages m
   LEFT JOIN LATERAL (
-        SELECT c.identity, b.name AS backend
+        SELECT c.identity, b.name AS backend, c.id AS connection_id, c.backend_id
           FROM dbrouter.transmissions t
           JOIN dbrouter.connections c ON c.id = t.connection_id
           JOIN dbrouter.backends b ON b.id = c.backend_id

@@ -4,8 +4,8 @@
 //! The claim's row locks are the crash protection: if the worker dies, the
 //! transaction aborts and the messages are queued again. Apps run under a
 //! deadline (`--app-timeout`) so they cannot hold the transaction open for
-//! long. Replies are written with one array INSERT into the outbox (see
-//! `sql/insert_replies.sql` for why not COPY). A message whose replies the
+//! long. Replies are written with one array INSERT into messages and
+//! transmissions (see `sql/insert_replies.sql` for why not COPY or the outbox). A message whose replies the
 //! database refuses (a poison message) is isolated by splitting the batch
 //! under savepoints and ends E alone.
 
@@ -29,13 +29,16 @@ struct Row {
     fields: serde_json::Value,
     identity: Option<String>,
     backend: Option<String>,
+    connection_id: Option<i64>,
+    backend_id: Option<i32>,
 }
 
 /// One message's result: its replies, or why it failed.
 struct Processed {
     id: i64,
-    backend: String,
-    identity: String,
+    /// The sender: replies go back to this connection.
+    connection_id: i64,
+    backend_id: i32,
     result: std::result::Result<Vec<String>, String>,
 }
 
@@ -70,18 +73,20 @@ async fn run_apps(
     deadline: Instant,
     cfg: &WorkerConfig,
 ) -> Processed {
-    let (Some(identity), Some(backend)) = (row.identity, row.backend) else {
+    let (Some(identity), Some(backend), Some(connection_id), Some(backend_id)) =
+        (row.identity, row.backend, row.connection_id, row.backend_id)
+    else {
         return Processed {
             id: row.id,
-            backend: String::new(),
-            identity: String::new(),
+            connection_id: 0,
+            backend_id: 0,
             result: Err("this inbound message has no transmission (sender); enqueue inbound messages through dbrouter.inbox".into()),
         };
     };
     let mut msg = IncomingMessage {
         id: row.id,
-        backend: backend.clone(),
-        identity: identity.clone(),
+        backend,
+        identity,
         text: row.text,
         external_id: row.external_id,
         fields: row.fields,
@@ -102,8 +107,8 @@ async fn run_apps(
     };
     Processed {
         id: row.id,
-        backend,
-        identity,
+        connection_id,
+        backend_id,
         result,
     }
 }
@@ -147,15 +152,15 @@ async fn write_chunk(
     conn: &mut PgConnection,
     chunk: &[Processed],
 ) -> std::result::Result<(), sqlx::Error> {
+    let mut connections = Vec::new();
     let mut backends = Vec::new();
-    let mut identities = Vec::new();
     let mut texts = Vec::new();
     let mut in_response_to = Vec::new();
     for p in chunk {
         if let Ok(replies) = &p.result {
             for text in replies {
-                backends.push(p.backend.as_str());
-                identities.push(p.identity.as_str());
+                connections.push(p.connection_id);
+                backends.push(p.backend_id);
                 texts.push(text.as_str());
                 in_response_to.push(p.id);
             }
@@ -164,8 +169,8 @@ async fn write_chunk(
     if !texts.is_empty() {
         sqlx::query(include_str!("../sql/insert_replies.sql"))
             .persistent(crate::db::prepared())
+            .bind(&connections)
             .bind(&backends)
-            .bind(&identities)
             .bind(&texts)
             .bind(&in_response_to)
             .execute(&mut *conn)
