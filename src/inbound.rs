@@ -9,6 +9,7 @@
 //! database refuses (a poison message) is isolated by splitting the batch
 //! under savepoints and ends E alone.
 
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 
 use futures::future::join_all;
@@ -20,6 +21,7 @@ use crate::apps::{IncomingMessage, Pipeline, Verdict};
 use crate::config::WorkerConfig;
 use crate::db::is_transient;
 use crate::error::Result;
+use crate::outbound::Claimed;
 
 #[derive(Debug, sqlx::FromRow)]
 struct Row {
@@ -39,11 +41,35 @@ struct Processed {
     /// The sender: replies go back to this connection.
     connection_id: i64,
     backend_id: i32,
+    identity: String,
+    external_id: Option<String>,
     result: std::result::Result<Vec<String>, String>,
 }
 
-/// Process one batch. Returns how many messages were claimed.
-pub async fn run_batch(pool: &PgPool, cfg: &WorkerConfig, pipeline: &Pipeline) -> Result<usize> {
+/// Replies this worker sends itself right after the commit: inserted P under
+/// its lease (`token`), so no other worker sends them unless that lease
+/// expires (the worker died), and no claim is needed for them.
+pub struct HandOff {
+    pub token: i64,
+    pub claimed_at: Instant,
+    /// Per backend id, the reply transmissions to send.
+    pub replies: Vec<(i32, Vec<Claimed>)>,
+}
+
+/// What one inbound batch did.
+pub struct Batch {
+    pub claimed: usize,
+    pub hand_off: Option<HandOff>,
+}
+
+/// Process one batch. Replies to backends in `send_now` are handed back to
+/// be sent by the caller after the commit; the others are queued.
+pub async fn run_batch(
+    pool: &PgPool,
+    cfg: &WorkerConfig,
+    pipeline: &Pipeline,
+    send_now: &HashSet<i32>,
+) -> Result<Batch> {
     let mut tx = pool.begin().await?;
     let rows: Vec<Row> = sqlx::query_as(include_str!("../sql/inbound_claim.sql"))
         .persistent(crate::db::prepared())
@@ -52,7 +78,10 @@ pub async fn run_batch(pool: &PgPool, cfg: &WorkerConfig, pipeline: &Pipeline) -
         .await?;
     if rows.is_empty() {
         tx.rollback().await?;
-        return Ok(0);
+        return Ok(Batch {
+            claimed: 0,
+            hand_off: None,
+        });
     }
     let n = rows.len();
     let deadline = Instant::now() + cfg.app_timeout;
@@ -61,10 +90,35 @@ pub async fn run_batch(pool: &PgPool, cfg: &WorkerConfig, pipeline: &Pipeline) -
             .map(|row| run_apps(pipeline, row, deadline, cfg)),
     )
     .await;
-    write(&mut tx, &processed).await?;
+    let lease = Lease {
+        token: rand::random(),
+        seconds: cfg.lease.as_secs_f64(),
+        send_now,
+    };
+    let claimed_at = Instant::now();
+    let replies = write(&mut tx, &processed, &lease).await?;
     tx.commit().await?;
     tracing::debug!(n, "processed inbound batch");
-    Ok(n)
+    let mut by_backend: HashMap<i32, Vec<Claimed>> = HashMap::new();
+    for (backend_id, c) in replies {
+        by_backend.entry(backend_id).or_default().push(c);
+    }
+    let hand_off = (!by_backend.is_empty()).then(|| HandOff {
+        token: lease.token,
+        claimed_at,
+        replies: by_backend.into_iter().collect(),
+    });
+    Ok(Batch {
+        claimed: n,
+        hand_off,
+    })
+}
+
+/// The lease replies are inserted under when their backend can send now.
+struct Lease<'a> {
+    token: i64,
+    seconds: f64,
+    send_now: &'a HashSet<i32>,
 }
 
 async fn run_apps(
@@ -80,15 +134,17 @@ async fn run_apps(
             id: row.id,
             connection_id: 0,
             backend_id: 0,
+            identity: String::new(),
+            external_id: None,
             result: Err("this inbound message has no transmission (sender); enqueue inbound messages through dbrouter.inbox".into()),
         };
     };
     let mut msg = IncomingMessage {
         id: row.id,
         backend,
-        identity,
+        identity: identity.clone(),
         text: row.text,
-        external_id: row.external_id,
+        external_id: row.external_id.clone(),
         fields: row.fields,
         handled: false,
         responses: Vec::new(),
@@ -109,6 +165,8 @@ async fn run_apps(
         id: row.id,
         connection_id,
         backend_id,
+        identity,
+        external_id: row.external_id,
         result,
     }
 }
@@ -124,12 +182,21 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Write replies and marks, isolating messages the database refuses.
-async fn write(tx: &mut Transaction<'_, Postgres>, items: &[Processed]) -> Result<()> {
+/// Returns the replies inserted P (to send after the commit), by backend id.
+async fn write(
+    tx: &mut Transaction<'_, Postgres>,
+    items: &[Processed],
+    lease: &Lease<'_>,
+) -> Result<Vec<(i32, Claimed)>> {
+    let mut handed = Vec::new();
     let mut pending: Vec<&[Processed]> = vec![items];
     while let Some(chunk) = pending.pop() {
         let mut sp = tx.begin().await?;
-        match write_chunk(&mut sp, chunk).await {
-            Ok(()) => sp.commit().await?,
+        match write_chunk(&mut sp, chunk, lease).await {
+            Ok(replies) => {
+                sp.commit().await?;
+                handed.extend(replies);
+            }
             Err(e) if matches!(e, sqlx::Error::Database(_)) && !is_transient(&e) => {
                 sp.rollback().await?;
                 if let [one] = chunk {
@@ -145,17 +212,20 @@ async fn write(tx: &mut Transaction<'_, Postgres>, items: &[Processed]) -> Resul
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(handed)
 }
 
 async fn write_chunk(
     conn: &mut PgConnection,
     chunk: &[Processed],
-) -> std::result::Result<(), sqlx::Error> {
+    lease: &Lease<'_>,
+) -> std::result::Result<Vec<(i32, Claimed)>, sqlx::Error> {
     let mut connections = Vec::new();
     let mut backends = Vec::new();
     let mut texts = Vec::new();
     let mut in_response_to = Vec::new();
+    let mut tokens = Vec::new();
+    let mut sources = Vec::new();
     for p in chunk {
         if let Ok(replies) = &p.result {
             for text in replies {
@@ -163,25 +233,58 @@ async fn write_chunk(
                 backends.push(p.backend_id);
                 texts.push(text.as_str());
                 in_response_to.push(p.id);
+                tokens.push(
+                    lease
+                        .send_now
+                        .contains(&p.backend_id)
+                        .then_some(lease.token),
+                );
+                sources.push((p, text));
             }
         }
     }
+    let mut handed = Vec::new();
     if !texts.is_empty() {
-        sqlx::query(include_str!("../sql/insert_replies.sql"))
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(include_str!("../sql/insert_replies.sql"))
             .persistent(crate::db::prepared())
             .bind(&connections)
             .bind(&backends)
             .bind(&texts)
             .bind(&in_response_to)
-            .execute(&mut *conn)
+            .bind(&tokens)
+            .bind(lease.seconds)
+            .fetch_all(&mut *conn)
             .await?;
+        for (transmission_id, message_id, ord) in rows {
+            let Some(i) = usize::try_from(ord - 1).ok() else {
+                continue;
+            };
+            // Only replies inserted P under this lease are ours to send;
+            // queued ones (backend not sending now) wait for a claim.
+            let (Some((p, text)), Some(Some(_))) = (sources.get(i), tokens.get(i)) else {
+                continue;
+            };
+            handed.push((
+                p.backend_id,
+                Claimed {
+                    transmission_id,
+                    message_id,
+                    attempts: 1,
+                    identity: p.identity.clone(),
+                    text: (*text).clone(),
+                    in_response_to: Some(p.id),
+                    reply_to_external_id: p.external_id.clone(),
+                },
+            ));
+        }
     }
     let ids: Vec<i64> = chunk.iter().map(|p| p.id).collect();
     let errors: Vec<Option<String>> = chunk
         .iter()
         .map(|p| p.result.as_ref().err().cloned())
         .collect();
-    mark(conn, &ids, &errors).await
+    mark(conn, &ids, &errors).await?;
+    Ok(handed)
 }
 
 async fn mark(

@@ -379,7 +379,22 @@ pub async fn run_batch(
     if claimed.is_empty() {
         return Ok(0);
     }
-    let outcomes = send(entry, pipeline, token, &claimed, claimed_at + cfg.lease / 2).await;
+    complete(pool, cfg, pipeline, entry, token, &claimed, claimed_at).await?;
+    Ok(claimed.len())
+}
+
+/// Send transmissions this worker holds under lease `token` (taken at
+/// `claimed_at`) and record the outcomes.
+pub async fn complete(
+    pool: &PgPool,
+    cfg: &WorkerConfig,
+    pipeline: &Pipeline,
+    entry: &BackendEntry,
+    token: i64,
+    claimed: &[Claimed],
+    claimed_at: Instant,
+) -> Result<()> {
+    let outcomes = send(entry, pipeline, token, claimed, claimed_at + cfg.lease / 2).await;
     let recorded = finish(pool, cfg, token, &outcomes, claimed_at + cfg.lease).await?;
     if recorded < outcomes.len() as u64 {
         tracing::warn!(
@@ -390,5 +405,5 @@ pub async fn run_batch(
         );
     }
     tracing::debug!(backend = %entry.name, n = claimed.len(), "sent batch");
-    Ok(claimed.len())
+    Ok(())
 }

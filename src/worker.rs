@@ -9,6 +9,7 @@
 //! reconnecting, so the poll is the safety net, and after every reconnect the
 //! lanes are woken to look.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,11 +106,33 @@ impl Worker {
     pub async fn work_once(&self) -> Result<Pass> {
         self.refresh_backends().await?;
         let mut pass = Pass::default();
-        let n = inbound::run_batch(&self.pool, &self.cfg, &self.pipeline).await?;
-        pass.claimed += n;
-        pass.full |= n >= self.cfg.batch_size as usize;
-
         let backends = self.backends.read().await.clone();
+        let send_now: HashSet<i32> = backends
+            .iter()
+            .filter(|e| e.enabled && e.engine_impl.is_ok())
+            .map(|e| e.id)
+            .collect();
+        let batch = inbound::run_batch(&self.pool, &self.cfg, &self.pipeline, &send_now).await?;
+        pass.claimed += batch.claimed;
+        pass.full |= batch.claimed >= self.cfg.batch_size as usize;
+        if let Some(hand_off) = batch.hand_off {
+            for (backend_id, replies) in &hand_off.replies {
+                let Some(entry) = backends.iter().find(|e| e.id == *backend_id) else {
+                    continue; // not reachable: send_now only holds loaded backends
+                };
+                outbound::complete(
+                    &self.pool,
+                    &self.cfg,
+                    &self.pipeline,
+                    entry,
+                    hand_off.token,
+                    replies,
+                    hand_off.claimed_at,
+                )
+                .await?;
+            }
+        }
+
         let start = self.next_backend.fetch_add(1, Ordering::Relaxed);
         for i in 0..backends.len() {
             let entry = &backends[(start + i) % backends.len()];

@@ -306,3 +306,34 @@ async fn keyword_app_replies_from_the_keywords_table() {
     );
     db.drop().await;
 }
+
+#[tokio::test]
+async fn replies_to_a_disabled_backend_wait_queued_and_go_once_it_is_enabled() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.exec("UPDATE dbrouter.backends SET enabled = false")
+        .await;
+    db.exec("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('gw', '+1', 'ping')")
+        .await;
+    let worker = db.worker(test_config()).await;
+    worker.drain().await.unwrap();
+    assert_eq!(
+        db.scalar_str("SELECT string_agg(m.direction || m.status || t.status, ',' ORDER BY m.id) FROM dbrouter.messages m JOIN dbrouter.transmissions t ON t.message_id = m.id").await,
+        "IRR,OQQ",
+        "processed, reply queued, nothing sent"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.database_backend_sends")
+            .await,
+        0
+    );
+    db.exec("UPDATE dbrouter.backends SET enabled = true").await;
+    common::wait_until("the reply goes out", Duration::from_secs(30), || async {
+        worker.drain().await.unwrap();
+        db.scalar_i64("SELECT count(*) FROM dbrouter.database_backend_sends")
+            .await
+            == 1
+    })
+    .await;
+    db.drop().await;
+}

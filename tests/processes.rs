@@ -274,3 +274,76 @@ async fn poll_only_mode_works_without_listen() {
     assert!(wait_exit(worker, Duration::from_secs(30)).await.success());
     db.drop().await;
 }
+
+#[tokio::test]
+async fn replies_handed_to_a_worker_that_dies_are_sent_by_another_after_the_lease() {
+    let db = TestDb::new().await;
+    // The first worker commits the replies (P under its lease) and then hangs
+    // in the send; it is killed there.
+    db.backend("gw", "database", json!({"delay": "5s"}), None)
+        .await;
+    let values: Vec<String> = (0..10).map(|i| format!("('gw', '+{i}', 'ping')")).collect();
+    db.exec(&format!(
+        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES {}",
+        values.join(",")
+    ))
+    .await;
+    let args = [
+        "--apps",
+        "echo",
+        "--lease",
+        "2s",
+        "--send-timeout",
+        "1s",
+        "--poll-interval",
+        "200ms",
+    ];
+    let first = spawn_worker(&db.url, &args);
+    wait_until(
+        "the inbound batch commits with its replies leased",
+        Duration::from_secs(60),
+        || async {
+            db.scalar_i64(
+                "SELECT count(*) FROM dbrouter.messages WHERE direction = 'I' AND status = 'R'",
+            )
+            .await
+                == 10
+                && db
+                    .scalar_i64("SELECT count(*) FROM dbrouter.transmissions WHERE status = 'P'")
+                    .await
+                    == 10
+        },
+    )
+    .await;
+    signal(&first, Signal::SIGKILL);
+    let _ = wait_exit(first, Duration::from_secs(10)).await;
+    db.exec("UPDATE dbrouter.backends SET config = '{}'").await;
+    let second = spawn_worker(&db.url, &args);
+    wait_until(
+        "another worker sends the replies",
+        Duration::from_secs(60),
+        || async {
+            db.scalar_i64(
+                "SELECT count(*) FROM dbrouter.messages WHERE direction = 'O' AND status = 'S'",
+            )
+            .await
+                == 10
+        },
+    )
+    .await;
+    signal(&second, Signal::SIGTERM);
+    assert!(wait_exit(second, Duration::from_secs(30)).await.success());
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.transmissions t JOIN dbrouter.messages m ON m.id = t.message_id WHERE m.direction = 'O' AND t.attempts = 2").await,
+        10,
+        "the handed-off attempt counts as the first"
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(DISTINCT transmission_id) FROM dbrouter.database_backend_sends"
+        )
+        .await,
+        10
+    );
+    db.drop().await;
+}
