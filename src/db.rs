@@ -74,6 +74,24 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     Ok(pool)
 }
 
+/// `url` with its database name replaced by `db` (for tools that create
+/// databases: the tests, the bench).
+pub fn with_database(url: &str, db: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = main.find("://").map(|i| i + 3).unwrap_or(0);
+    let end = main[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(main.len());
+    match query {
+        Some(q) => format!("{}/{db}?{q}", &main[..end]),
+        None => format!("{}/{db}", &main[..end]),
+    }
+}
+
 /// Apply every migration not yet applied.
 pub async fn migrate(pool: &PgPool) -> Result<()> {
     MIGRATOR.run(pool).await?;
@@ -110,5 +128,22 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
                 || matches!(code.as_ref(), "53300" | "40001" | "40P01")
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_name_and_keeps_the_rest() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/a?sslmode=disable", "b"),
+            "postgres://u@h:5432/b?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432", "b"),
+            "postgres://u@h:5432/b"
+        );
     }
 }

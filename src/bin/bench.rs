@@ -86,22 +86,6 @@ struct Results {
 
 static DB_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-fn with_database(url: &str, db: &str) -> String {
-    let (main, query) = match url.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = main.find("://").map(|i| i + 3).unwrap_or(0);
-    let end = main[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(main.len());
-    match query {
-        Some(q) => format!("{}/{db}?{q}", &main[..end]),
-        None => format!("{}/{db}", &main[..end]),
-    }
-}
-
 /// A fresh database, migrated, with one `database` backend named `bench`.
 async fn fresh_db(args: &Args, what: &str) -> Result<(PgPool, String)> {
     let admin = dbrouter::db::connect(&args.database_url, 1).await?;
@@ -118,7 +102,7 @@ async fn fresh_db(args: &Args, what: &str) -> Result<(PgPool, String)> {
         .execute(&admin)
         .await?;
     admin.close().await;
-    let url = with_database(&args.database_url, &name);
+    let url = dbrouter::db::with_database(&args.database_url, &name);
     let pool = dbrouter::db::connect(&url, 8).await?;
     dbrouter::db::migrate(&pool).await?;
     sqlx::query("INSERT INTO dbrouter.backends (name, engine) VALUES ('bench', 'database')")

@@ -29,25 +29,6 @@ fn base_url() -> String {
     )
 }
 
-/// `url` with its database name replaced by `db`.
-pub fn with_database(url: &str, db: &str) -> String {
-    let (main, query) = match url.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = main.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_part_end = main[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(main.len());
-    let mut out = format!("{}/{}", &main[..host_part_end], db);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
 impl TestDb {
     pub async fn new() -> TestDb {
         let base = base_url();
@@ -65,7 +46,7 @@ impl TestDb {
             .await
             .expect("create test database");
         admin.close().await;
-        let url = with_database(&base, &name);
+        let url = dbrouter::db::with_database(&base, &name);
         let pool = dbrouter::db::connect(&url, 20)
             .await
             .expect("connect to test database");
