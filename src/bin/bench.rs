@@ -49,6 +49,15 @@ struct Args {
     /// Worker process counts of the round-trip runs.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     workers: Vec<usize>,
+    /// The sqlxmq peer binary (bench/sqlxmq-peer); no peer row without it.
+    #[arg(long)]
+    sqlxmq_peer: Option<String>,
+    /// sqlxmq's migrations directory (its schema, applied by the peer).
+    #[arg(long)]
+    sqlxmq_migrations: Option<String>,
+    /// Jobs the peer drains.
+    #[arg(long, default_value_t = 20_000)]
+    sqlxmq_jobs: usize,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench.json")]
     json: String,
@@ -82,6 +91,7 @@ struct Results {
     latency_p50_ms: f64,
     latency_p99_ms: f64,
     latency_max_ms: f64,
+    sqlxmq_jobs_per_s: Option<f64>,
 }
 
 static DB_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -519,6 +529,31 @@ async fn bound_wakeup(args: &Args) -> Result<(f64, f64)> {
     Ok((percentile(&ms, 0.5), percentile(&ms, 0.99)))
 }
 
+/// sqlxmq draining empty jobs on a fresh database of the same cluster.
+async fn sqlxmq_peer(args: &Args, peer: &str, migrations: &str) -> Result<f64> {
+    let (pool, url) = fresh_db(args, "sqlxmq").await?;
+    pool.close().await;
+    let out = Command::new(peer)
+        .arg(args.sqlxmq_jobs.to_string())
+        .env("DATABASE_URL", &url)
+        .env("SQLXMQ_MIGRATIONS", migrations)
+        .output()
+        .with_context(|| format!("cannot run {peer}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "the sqlxmq peer failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stdout
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("jobs_per_s="))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("unexpected output from the sqlxmq peer: {stdout}"))
+}
+
 fn machine() -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -558,6 +593,10 @@ async fn main() -> Result<()> {
     (r.broadcast_call_ids_per_s, r.broadcast_end_to_end_per_s) = broadcast(&args).await?;
     eprintln!("bench: latency");
     (r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms) = latency(&args).await?;
+    if let (Some(peer), Some(migrations)) = (&args.sqlxmq_peer, &args.sqlxmq_migrations) {
+        eprintln!("bench: sqlxmq peer");
+        r.sqlxmq_jobs_per_s = Some(sqlxmq_peer(&args, peer, migrations).await?);
+    }
     if args.history > 0 {
         eprintln!("bench: round trip over {} history messages", args.history);
         r.history_run = Some(round_trip(&args, 2, args.history, tck).await?);
@@ -634,6 +673,13 @@ fn table(r: &Results) -> String {
             h.msgs_per_s,
             two.msgs_per_s,
             h.msgs_per_s / two.msgs_per_s
+        ));
+    }
+    if let (Some(peer), Some(two)) = (r.sqlxmq_jobs_per_s, by_workers.get(&2)) {
+        out.push_str(&format!(
+            "| peer: sqlxmq draining empty jobs | {peer:.0} jobs/s | dbrouter round trips, 2 workers: {:.0} msgs/s | {:.1} × in dbrouter's favour | |\n",
+            two.msgs_per_s,
+            two.msgs_per_s / peer
         ));
     }
     let rss = r
