@@ -26,6 +26,13 @@ pub struct BackendEntry {
     updated_at: DateTime<Utc>,
 }
 
+impl BackendEntry {
+    /// Enabled and correctly configured: its messages may be sent now.
+    pub fn can_send(&self) -> bool {
+        self.enabled && self.engine_impl.is_ok()
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i32,

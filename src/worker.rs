@@ -109,7 +109,7 @@ impl Worker {
         let backends = self.backends.read().await.clone();
         let send_now: HashSet<i32> = backends
             .iter()
-            .filter(|e| e.enabled && e.engine_impl.is_ok())
+            .filter(|e| e.can_send())
             .map(|e| e.id)
             .collect();
         let batch = inbound::run_batch(&self.pool, &self.cfg, &self.pipeline, &send_now).await?;
@@ -136,7 +136,7 @@ impl Worker {
         let start = self.next_backend.fetch_add(1, Ordering::Relaxed);
         for i in 0..backends.len() {
             let entry = &backends[(start + i) % backends.len()];
-            if !entry.enabled || entry.engine_impl.is_err() {
+            if !entry.can_send() {
                 continue;
             }
             let n = outbound::run_batch(&self.pool, &self.cfg, &self.pipeline, entry).await?;
