@@ -312,6 +312,10 @@ async fn main() -> Result<()> {
     if !immediate_done {
         inject(&args, &pool, &mut workers, &mut rng, &mut figures, true).await?;
     }
+    // A short drill may end before every kind of fault had its turn.
+    while !figures.pending.is_empty() {
+        inject(&args, &pool, &mut workers, &mut rng, &mut figures, false).await?;
+    }
 
     println!(
         "chaos: faults stopped; waiting up to {} for the queues to settle",
@@ -449,18 +453,46 @@ async fn settle(
     Ok(false)
 }
 
-async fn ids(pool: &PgPool, sql: &str) -> Result<Vec<i64>> {
-    let rows: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().map(|(i,)| i).collect())
-}
-
 async fn count(pool: &PgPool, sql: &str) -> Result<i64> {
     let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
         .fetch_one(pool)
         .await?;
     Ok(n)
+}
+
+/// The figures table, and whether every check held.
+struct Report {
+    ok: bool,
+}
+
+impl Report {
+    fn info(&self, name: &str, value: impl std::fmt::Display) {
+        println!("| {name:<52} | {value:>12} |       |");
+    }
+
+    fn check(&mut self, name: &str, value: impl std::fmt::Display, good: bool, detail: &str) {
+        let verdict = if good { "ok" } else { "BROKEN" };
+        println!("| {name:<52} | {value:>12} | {verdict:<6}|");
+        if !good {
+            self.ok = false;
+            if !detail.is_empty() {
+                println!("|   look at: {detail}");
+            }
+        }
+    }
+
+    /// An invariant stated as "this query (one id column) returns nothing":
+    /// prints how many rows break it and the first ten ids.
+    async fn none(&mut self, pool: &PgPool, name: &str, what: &str, sql: &str) -> Result<()> {
+        let (n, first): (i64, Vec<i64>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*), coalesce((array_agg(x.id ORDER BY x.id))[1:10], '{{}}')
+               FROM ({sql}) AS x(id)"
+        )))
+        .fetch_one(pool)
+        .await?;
+        self.check(name, n, n == 0, &format!("{what} {first:?}"));
+        Ok(())
+    }
 }
 
 async fn check(
@@ -470,38 +502,25 @@ async fn check(
     acked_broadcasts: &[i64],
     settled: bool,
 ) -> Result<bool> {
-    let mut ok = true;
-    let mut report = |name: &str, value: String, good: bool, detail: String| {
-        println!(
-            "| {name:<52} | {value:>12} | {} |",
-            if good { "ok" } else { "BROKEN" }
-        );
-        if !good {
-            ok = false;
-            if !detail.is_empty() {
-                println!("|   look at: {detail}");
-            }
-        }
-    };
+    let mut r = Report { ok: true };
     println!("| {:<52} | {:>12} | check |", "figure", "value");
     println!("|{:-<54}|{:-<14}|-------|", "", "");
-    let info = |name: &str, v: usize| println!("| {name:<52} | {v:>12} |       |");
-    info("inbound messages enqueued (acknowledged)", f.inbound_acked);
-    info(
+    r.info("inbound messages enqueued (acknowledged)", f.inbound_acked);
+    r.info(
         "inbound messages with an unknown enqueue outcome",
         f.inbound_ambiguous,
     );
-    info("broadcasts enqueued (acknowledged)", f.broadcasts_acked);
-    info(
+    r.info("broadcasts enqueued (acknowledged)", f.broadcasts_acked);
+    r.info(
         "broadcast transmissions enqueued",
         f.broadcast_transmissions,
     );
-    info("SIGKILLs of workers", f.sigkills);
-    info("SIGTERMs of workers", f.sigterms);
-    info("PostgreSQL restarts -m fast", f.pg_restarts_fast);
-    info("PostgreSQL restarts -m immediate", f.pg_restarts_immediate);
-    info("connection cuts (pg_terminate_backend)", f.connection_cuts);
-    info("workers frozen past their lease (SIGSTOP)", f.pauses);
+    r.info("SIGKILLs of workers", f.sigkills);
+    r.info("SIGTERMs of workers", f.sigterms);
+    r.info("PostgreSQL restarts -m fast", f.pg_restarts_fast);
+    r.info("PostgreSQL restarts -m immediate", f.pg_restarts_immediate);
+    r.info("connection cuts (pg_terminate_backend)", f.connection_cuts);
+    r.info("workers frozen past their lease (SIGSTOP)", f.pauses);
 
     let present: HashSet<String> =
         sqlx::query_as::<_, (String,)>("SELECT text FROM dbrouter.messages WHERE direction = 'I'")
@@ -514,114 +533,93 @@ async fn check(
         .iter()
         .filter(|t| !present.contains(*t))
         .collect();
-    report(
+    let first: Vec<_> = lost.iter().take(10).collect();
+    r.check(
         "inbound messages lost",
-        lost.len().to_string(),
+        lost.len(),
         lost.is_empty(),
-        format!("{:?}", lost.iter().take(10).collect::<Vec<_>>()),
+        &format!("{first:?}"),
     );
-    let present_b: HashSet<i64> = ids(
-        pool,
+    let present: HashSet<i64> = sqlx::query_as::<_, (i64,)>(
         "SELECT id FROM dbrouter.messages WHERE direction = 'O' AND in_response_to IS NULL",
     )
+    .fetch_all(pool)
     .await?
     .into_iter()
+    .map(|(i,)| i)
     .collect();
-    let lost_b: Vec<&i64> = acked_broadcasts
+    let lost: Vec<&i64> = acked_broadcasts
         .iter()
-        .filter(|id| !present_b.contains(*id))
+        .filter(|id| !present.contains(*id))
         .collect();
-    report(
+    r.check(
         "broadcasts lost",
-        lost_b.len().to_string(),
-        lost_b.is_empty(),
-        format!("{lost_b:?}"),
+        lost.len(),
+        lost.is_empty(),
+        &format!("{lost:?}"),
     );
 
-    report(
+    r.check(
         "seconds for the queues to settle after the faults",
         format!("{:.1}", f.settle_secs),
         settled,
-        String::new(),
+        "",
     );
-    let stuck_in = ids(
+    r.none(
         pool,
-        "SELECT id FROM dbrouter.messages WHERE direction = 'I' AND status = 'Q' LIMIT 10",
-    )
-    .await?;
-    report(
         "inbound messages still Q",
-        stuck_in.len().to_string(),
-        stuck_in.is_empty(),
-        format!("messages {stuck_in:?}"),
-    );
-    let stuck_out = ids(
-        pool,
-        "SELECT id FROM dbrouter.transmissions WHERE status IN ('Q', 'P') OR due_at IS NOT NULL LIMIT 10",
+        "messages",
+        "SELECT id FROM dbrouter.messages WHERE direction = 'I' AND status = 'Q'",
     )
     .await?;
-    report(
+    r.none(
+        pool,
         "transmissions still Q, P or awaiting a retry",
-        stuck_out.len().to_string(),
-        stuck_out.is_empty(),
-        format!("transmissions {stuck_out:?}"),
-    );
-    let final_in = count(
-        pool,
-        "SELECT count(*) FROM dbrouter.messages WHERE direction = 'I' AND status IN ('R', 'E')",
+        "transmissions",
+        "SELECT id FROM dbrouter.transmissions WHERE status IN ('Q', 'P') OR due_at IS NOT NULL",
     )
     .await?;
-    report(
+    r.info(
         "inbound messages final (R or E)",
-        final_in.to_string(),
-        true,
-        String::new(),
+        count(
+            pool,
+            "SELECT count(*) FROM dbrouter.messages WHERE direction = 'I' AND status IN ('R', 'E')",
+        )
+        .await?,
     );
-    let final_out = count(pool, "SELECT count(*) FROM dbrouter.transmissions t JOIN dbrouter.messages m ON m.id = t.message_id WHERE m.direction = 'O' AND t.due_at IS NULL").await?;
-    report(
+    r.info(
         "outbound transmissions final (S, D or E)",
-        final_out.to_string(),
-        true,
-        String::new(),
+        count(
+            pool,
+            "SELECT count(*) FROM dbrouter.transmissions t JOIN dbrouter.messages m ON m.id = t.message_id
+              WHERE m.direction = 'O' AND t.due_at IS NULL",
+        )
+        .await?,
     );
-
-    let double_replies = ids(
+    r.none(
         pool,
-        "SELECT in_response_to FROM dbrouter.messages WHERE in_response_to IS NOT NULL
-          GROUP BY in_response_to HAVING count(*) > 1 LIMIT 10",
-    )
-    .await?;
-    report(
         "inbound messages answered more than once",
-        double_replies.len().to_string(),
-        double_replies.is_empty(),
-        format!("messages {double_replies:?}"),
-    );
-    let unanswered = ids(
-        pool,
-        "(SELECT id FROM dbrouter.messages WHERE direction = 'I' AND status = 'R'
-          EXCEPT SELECT in_response_to FROM dbrouter.messages WHERE in_response_to IS NOT NULL) LIMIT 10",
+        "messages",
+        "SELECT in_response_to FROM dbrouter.messages WHERE in_response_to IS NOT NULL
+          GROUP BY in_response_to HAVING count(*) > 1",
     )
     .await?;
-    report(
+    r.none(
+        pool,
         "processed (R) inbound without its reply",
-        unanswered.len().to_string(),
-        unanswered.is_empty(),
-        format!("messages {unanswered:?}"),
-    );
-
-    let phantom = ids(
-        pool,
-        "SELECT t.id FROM dbrouter.transmissions t WHERE t.status IN ('S', 'D')
-            AND NOT EXISTS (SELECT 1 FROM dbrouter.database_backend_sends s WHERE s.transmission_id = t.id) LIMIT 10",
+        "messages",
+        "SELECT id FROM dbrouter.messages WHERE direction = 'I' AND status = 'R'
+          EXCEPT SELECT in_response_to FROM dbrouter.messages WHERE in_response_to IS NOT NULL",
     )
     .await?;
-    report(
+    r.none(
+        pool,
         "transmissions S without a send",
-        phantom.len().to_string(),
-        phantom.is_empty(),
-        format!("transmissions {phantom:?}"),
-    );
+        "transmissions",
+        "SELECT t.id FROM dbrouter.transmissions t WHERE t.status IN ('S', 'D')
+            AND NOT EXISTS (SELECT 1 FROM dbrouter.database_backend_sends s WHERE s.transmission_id = t.id)",
+    )
+    .await?;
     let dup = count(
         pool,
         "SELECT coalesce(sum(n - 1), 0)::bigint FROM (SELECT count(*) AS n FROM dbrouter.database_backend_sends
@@ -636,95 +634,72 @@ async fn check(
     let per_worker = (CONCURRENCY * BATCH) as i64;
     let everyone = (f.pg_restarts_fast + f.pg_restarts_immediate + f.connection_cuts) * f.workers;
     let bound = per_worker * (f.sigkills + f.pauses + everyone) as i64;
-    report(
+    r.check(
         &format!("extra sends (bound {bound})"),
-        dup.to_string(),
+        dup,
         dup <= bound,
-        String::new(),
+        "",
     );
-    let resent_first_try = ids(
+    r.none(
         pool,
-        "SELECT s.transmission_id FROM dbrouter.database_backend_sends s JOIN dbrouter.transmissions t ON t.id = s.transmission_id
-          WHERE t.attempts = 1 GROUP BY s.transmission_id HAVING count(*) > 1 LIMIT 10",
-    )
-    .await?;
-    report(
         "duplicates without a re-claim",
-        resent_first_try.len().to_string(),
-        resent_first_try.is_empty(),
-        format!("transmissions {resent_first_try:?}"),
-    );
-
-    let unrecorded = ids(
-        pool,
-        "SELECT t.id FROM dbrouter.transmissions t WHERE t.status = 'E'
-            AND NOT EXISTS (SELECT 1 FROM dbrouter.attempts a WHERE a.transmission_id = t.id) LIMIT 10",
+        "transmissions",
+        "SELECT s.transmission_id FROM dbrouter.database_backend_sends s
+           JOIN dbrouter.transmissions t ON t.id = s.transmission_id
+          WHERE t.attempts = 1 GROUP BY s.transmission_id HAVING count(*) > 1",
     )
     .await?;
-    report(
+    r.none(
+        pool,
         "E transmissions without a recorded error",
-        unrecorded.len().to_string(),
-        unrecorded.is_empty(),
-        format!("transmissions {unrecorded:?}"),
-    );
-    let overcounted = ids(
-        pool,
-        "SELECT t.id FROM dbrouter.transmissions t
-          WHERE (SELECT count(*) FROM dbrouter.attempts a WHERE a.transmission_id = t.id) > t.attempts LIMIT 10",
+        "transmissions",
+        "SELECT t.id FROM dbrouter.transmissions t WHERE t.status = 'E'
+            AND NOT EXISTS (SELECT 1 FROM dbrouter.attempts a WHERE a.transmission_id = t.id)",
     )
     .await?;
-    report(
-        "more failures recorded than attempts",
-        overcounted.len().to_string(),
-        overcounted.is_empty(),
-        format!("transmissions {overcounted:?}"),
-    );
-    let failed_attempts = count(pool, "SELECT count(*) FROM dbrouter.attempts").await?;
-    report(
-        "failed attempts recorded",
-        failed_attempts.to_string(),
-        true,
-        String::new(),
-    );
-    let bad_counters = ids(
+    r.none(
         pool,
+        "more failures recorded than attempts",
+        "transmissions",
+        "SELECT t.id FROM dbrouter.transmissions t
+          WHERE (SELECT count(*) FROM dbrouter.attempts a WHERE a.transmission_id = t.id) > t.attempts",
+    )
+    .await?;
+    r.info(
+        "failed attempts recorded",
+        count(pool, "SELECT count(*) FROM dbrouter.attempts").await?,
+    );
+    r.none(
+        pool,
+        "messages whose status disagrees with transmissions",
+        "messages",
         "SELECT m.id FROM dbrouter.messages m
            JOIN LATERAL (SELECT count(*) AS total, count(*) FILTER (WHERE status = 'E') AS err,
                                 count(*) FILTER (WHERE status IN ('S','D')) AS done
                            FROM dbrouter.transmissions t WHERE t.message_id = m.id) c ON true
-          WHERE m.direction = 'O' AND (m.n_total, m.n_error, m.n_done) IS DISTINCT FROM (c.total::int, c.err::int, c.done::int)
-          LIMIT 10",
+          WHERE m.direction = 'O'
+            AND (m.n_total, m.n_error, m.n_done) IS DISTINCT FROM (c.total::int, c.err::int, c.done::int)",
     )
     .await?;
-    report(
-        "messages whose status disagrees with transmissions",
-        bad_counters.len().to_string(),
-        bad_counters.is_empty(),
-        format!("messages {bad_counters:?}"),
-    );
-    let wrong_status = ids(
+    r.none(
         pool,
+        "messages whose status breaks the rollup rule",
+        "messages",
         "SELECT id FROM dbrouter.messages WHERE direction = 'O'
-            AND status <> dbrouter.rollup(n_total, n_error, n_done, n_delivered) LIMIT 10",
+            AND status <> dbrouter.rollup(n_total, n_error, n_done, n_delivered)",
     )
     .await?;
-    report(
-        "messages whose status breaks the rollup rule",
-        wrong_status.len().to_string(),
-        wrong_status.is_empty(),
-        format!("messages {wrong_status:?}"),
-    );
-    report(
+    r.check(
         "workers that exited on their own",
-        f.unexpected_exits.to_string(),
+        f.unexpected_exits,
         f.unexpected_exits == 0,
-        String::new(),
+        "",
     );
-    report(
+    r.check(
         "SIGTERMs that did not exit 0",
-        f.sigterm_bad_exits.to_string(),
+        f.sigterm_bad_exits,
         f.sigterm_bad_exits == 0,
-        String::new(),
+        "",
     );
-    Ok(ok)
+    Ok(r.ok)
 }
