@@ -1,12 +1,17 @@
 -- Mark claimed inbound messages R (processed, replies queued) or E (with the
--- error), with their transmission, and record each failure in the attempt
--- history. $1: message ids, $2: error per message (NULL = success).
+-- error), with their transmission, record each failure in the attempt
+-- history, and apply opt-out changes the `optout` app asked for.
+-- $1: message ids, $2: error per message (NULL = success),
+-- $3: 'stop' / 'start' / NULL per message, $4: the keyword that did it.
 --
 -- Locks: the same `messages` rows the claim already holds, plus their one
 -- `transmissions` row each (inbound transmissions are never claimed by the
--- outbound path, which only reads rows with due_at set).
+-- outbound path, which only reads rows with due_at set), and the senders'
+-- `opt_outs` rows. When one sender says STOP and START in one batch, the
+-- later message wins.
 WITH result AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[]) AS r(id, error)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+        AS r(id, error, opt_action, opt_keyword)
 ), marked AS (
     UPDATE dbrouter.messages m
        SET status = CASE WHEN r.error IS NULL THEN 'R' ELSE 'E' END,
@@ -14,7 +19,7 @@ WITH result AS (
            updated_at = now()
       FROM result r
      WHERE m.id = r.id AND m.status = 'Q'
-    RETURNING m.id, m.status, r.error
+    RETURNING m.id, m.status, r.error, r.opt_action, r.opt_keyword
 ), transmitted AS (
     UPDATE dbrouter.transmissions t
        SET status = marked.status,
@@ -23,7 +28,21 @@ WITH result AS (
            updated_at = now()
       FROM marked
      WHERE t.message_id = marked.id
-    RETURNING t.id, t.attempts, marked.error
+    RETURNING t.id, t.attempts, t.connection_id, marked.id AS message_id, marked.error,
+              marked.opt_action, marked.opt_keyword
+), opt AS (
+    SELECT DISTINCT ON (connection_id) connection_id, message_id, opt_action, opt_keyword
+      FROM transmitted
+     WHERE error IS NULL AND opt_action IS NOT NULL
+     ORDER BY connection_id, message_id DESC
+), opted_out AS (
+    INSERT INTO dbrouter.opt_outs (connection_id, keyword, message_id)
+    SELECT connection_id, opt_keyword, message_id FROM opt WHERE opt_action = 'stop'
+    ON CONFLICT (connection_id) DO NOTHING
+), opted_in AS (
+    DELETE FROM dbrouter.opt_outs o
+     USING opt
+     WHERE opt.opt_action = 'start' AND o.connection_id = opt.connection_id
 )
 INSERT INTO dbrouter.attempts (transmission_id, attempt, error, final)
 SELECT id, attempts, error, true FROM transmitted WHERE error IS NOT NULL

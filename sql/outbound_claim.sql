@@ -1,5 +1,10 @@
 -- Claim up to $2 due transmissions of backend $1 across messages, mark them
 -- P with lease token $3 for $4 seconds, and return what the sender needs.
+-- Highest priority first (replies are 1, bulk 0), then the longest due.
+-- Nothing is claimed while the backend is disabled, paused or throttled
+-- (checked here too, so a pause holds at once even for a worker that has
+-- not reloaded the backends yet), and no row past its deadline is taken:
+-- the expiry sweep ends those E.
 --
 -- Locks: the claimed `transmissions` rows (FOR UPDATE SKIP LOCKED, so
 -- concurrent workers take disjoint batches without waiting), only until this
@@ -13,7 +18,11 @@ WITH due AS (
     SELECT t.id, t.status AS was
       FROM dbrouter.transmissions t
      WHERE t.backend_id = $1 AND t.due_at <= now()
-     ORDER BY t.due_at, t.id
+       AND (t.expires_at IS NULL OR t.expires_at > now())
+       AND EXISTS (SELECT 1 FROM dbrouter.backends b
+                    WHERE b.id = $1 AND b.enabled AND b.paused_at IS NULL
+                      AND (b.throttled_until IS NULL OR b.throttled_until <= now()))
+     ORDER BY t.priority DESC, t.due_at, t.id
      LIMIT $2
        FOR UPDATE SKIP LOCKED
 ), claimed AS (

@@ -5,22 +5,31 @@
 -- is appended to the attempt history; messages get their counters and status
 -- updated by deltas.
 --
+-- A failure past the transmission's deadline is final. A throttled failure
+-- (the gateway said "retry after N s", e.g. HTTP 429) waits exactly that
+-- long and does not use up an attempt: the gateway never looked at it.
+--
 -- $1 lease token, $2 transmission ids, $3 sent?, $4 gateway ids, $5 errors,
--- $6 permanent?, $7 max attempts, $8 backoff base (s), $9 backoff cap (s).
+-- $6 permanent?, $7 max attempts, $8 backoff base (s), $9 backoff cap (s),
+-- $10 retry-after seconds (NULL unless throttled).
 --
 -- Fenced: only rows still P under this batch's lease token are touched, so a
 -- worker whose lease expired (and whose rows another worker re-claimed)
 -- changes nothing. Locks: those transmissions, and their messages in id
 -- order (claims lock in the same order, so the two cannot deadlock).
 WITH outcome AS (
-    SELECT * FROM unnest($2::bigint[], $3::boolean[], $4::text[], $5::text[], $6::boolean[])
-        AS o(id, sent, gateway_id, error, permanent)
+    SELECT * FROM unnest($2::bigint[], $3::boolean[], $4::text[], $5::text[], $6::boolean[],
+                         $10::float8[])
+        AS o(id, sent, gateway_id, error, permanent, retry_after)
 ), done AS (
     UPDATE dbrouter.transmissions t
        SET status = CASE WHEN o.sent THEN 'S' ELSE 'E' END,
            lease_token = NULL,
+           attempts = CASE WHEN o.retry_after IS NOT NULL THEN t.attempts - 1 ELSE t.attempts END,
            due_at = CASE
-               WHEN o.sent OR o.permanent OR t.attempts >= $7 THEN NULL
+               WHEN o.sent OR o.permanent OR t.expires_at <= now() THEN NULL
+               WHEN o.retry_after IS NOT NULL THEN now() + make_interval(secs => o.retry_after)
+               WHEN t.attempts >= $7 THEN NULL
                ELSE now() + make_interval(secs => least($9, $8 * power(2, least(t.attempts - 1, 30)))
                                                   * (0.5 + random()))
            END,
@@ -30,10 +39,11 @@ WITH outcome AS (
            updated_at = now()
       FROM outcome o
      WHERE t.id = o.id AND t.lease_token = $1 AND t.status = 'P'
-    RETURNING t.id, t.message_id, t.attempts, t.status, t.due_at, o.error
+    RETURNING t.id, t.message_id, t.attempts + (o.retry_after IS NOT NULL)::integer AS attempt,
+              t.status, t.due_at, o.error
 ), history AS (
     INSERT INTO dbrouter.attempts (transmission_id, attempt, error, final)
-    SELECT id, attempts, coalesce(error, 'unknown error'), due_at IS NULL
+    SELECT id, attempt, coalesce(error, 'unknown error'), due_at IS NULL
       FROM done WHERE status = 'E'
 ), deltas AS (
     SELECT message_id,

@@ -17,7 +17,7 @@ use futures::FutureExt;
 use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 use tokio::time::Instant;
 
-use crate::apps::{IncomingMessage, Pipeline, Verdict};
+use crate::apps::{IncomingMessage, OptChange, Pipeline, Verdict};
 use crate::config::WorkerConfig;
 use crate::db::is_transient;
 use crate::error::Result;
@@ -44,6 +44,8 @@ struct Processed {
     identity: String,
     external_id: Option<String>,
     result: std::result::Result<Vec<String>, String>,
+    /// An opt-out change the apps asked for (only applied on success).
+    opt_change: Option<OptChange>,
 }
 
 /// Replies this worker sends itself right after the commit: inserted P under
@@ -136,6 +138,7 @@ async fn run_apps(
             backend_id: 0,
             identity: String::new(),
             external_id: None,
+            opt_change: None,
             result: Err("this inbound message has no transmission (sender); enqueue inbound messages through dbrouter.inbox".into()),
         };
     };
@@ -148,6 +151,7 @@ async fn run_apps(
         fields: row.fields,
         handled: false,
         responses: Vec::new(),
+        opt_change: None,
     };
     // A panicking app fails its message, not the worker.
     let apps = AssertUnwindSafe(pipeline.incoming(&mut msg)).catch_unwind();
@@ -167,6 +171,7 @@ async fn run_apps(
         backend_id,
         identity,
         external_id: row.external_id,
+        opt_change: msg.opt_change.take(),
         result,
     }
 }
@@ -202,7 +207,7 @@ async fn write(
                 if let [one] = chunk {
                     tracing::warn!(message = one.id, error = %e, "poison message: marking it E");
                     let error = format!("the database refused this message's replies: {e}");
-                    mark(tx, &[one.id], &[Some(error)]).await?;
+                    mark(tx, &[one.id], &[Some(error)], &[None]).await?;
                 } else {
                     let (a, b) = chunk.split_at(chunk.len() / 2);
                     pending.push(b);
@@ -283,7 +288,8 @@ async fn write_chunk(
         .iter()
         .map(|p| p.result.as_ref().err().cloned())
         .collect();
-    mark(conn, &ids, &errors).await?;
+    let opt: Vec<Option<&OptChange>> = chunk.iter().map(|p| p.opt_change.as_ref()).collect();
+    mark(conn, &ids, &errors, &opt).await?;
     Ok(handed)
 }
 
@@ -291,11 +297,22 @@ async fn mark(
     conn: &mut PgConnection,
     ids: &[i64],
     errors: &[Option<String>],
+    opt: &[Option<&OptChange>],
 ) -> std::result::Result<(), sqlx::Error> {
+    let (actions, keywords): (Vec<Option<&str>>, Vec<Option<&str>>) = opt
+        .iter()
+        .map(|o| match o {
+            Some(OptChange::Stop { keyword }) => (Some("stop"), Some(keyword.as_str())),
+            Some(OptChange::Start { keyword }) => (Some("start"), Some(keyword.as_str())),
+            None => (None, None),
+        })
+        .unzip();
     sqlx::query(include_str!("../sql/inbound_mark.sql"))
         .persistent(crate::db::prepared())
         .bind(ids)
         .bind(errors)
+        .bind(&actions)
+        .bind(&keywords)
         .execute(conn)
         .await?;
     Ok(())

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::time::Instant;
 
 use crate::apps::{OutgoingMessage, Pipeline};
@@ -51,16 +51,63 @@ pub async fn claim(
     lease: Duration,
 ) -> Result<Vec<Claimed>> {
     let mut conn = Conn::acquire(pool).await?;
-    let rows = sqlx::query_as::<_, Claimed>(include_str!("../sql/outbound_claim.sql"))
-        .persistent(crate::db::prepared())
-        .bind(backend_id)
-        .bind(i64::from(limit))
-        .bind(token)
-        .bind(lease.as_secs_f64())
-        .fetch_all(conn.get())
-        .await?;
+    let rows = claim_on(conn.get(), backend_id, i64::from(limit), token, lease).await?;
     conn.done().await?;
     Ok(rows)
+}
+
+async fn claim_on(
+    conn: &mut PgConnection,
+    backend_id: i32,
+    limit: i64,
+    token: i64,
+    lease: Duration,
+) -> std::result::Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as::<_, Claimed>(include_str!("../sql/outbound_claim.sql"))
+        .persistent(crate::db::prepared())
+        .bind(backend_id)
+        .bind(limit)
+        .bind(token)
+        .bind(lease.as_secs_f64())
+        .fetch_all(conn)
+        .await
+}
+
+/// Claim for a rate-limited backend: take tokens from its bucket (shared by
+/// every worker process), claim at most that many, hand back the unused
+/// ones, all in one transaction. When the bucket is empty, nothing is
+/// claimed and the result says how long until the next token.
+pub async fn claim_limited(
+    pool: &PgPool,
+    backend_id: i32,
+    limit: u32,
+    token: i64,
+    lease: Duration,
+) -> Result<(Vec<Claimed>, Option<Duration>)> {
+    let mut tx = pool.begin().await?;
+    let (granted, wait): (i32, f64) = sqlx::query_as(include_str!("../sql/take_tokens.sql"))
+        .persistent(crate::db::prepared())
+        .bind(backend_id)
+        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+        .fetch_one(&mut *tx)
+        .await?;
+    if granted <= 0 {
+        tx.rollback().await?;
+        let wait = Duration::try_from_secs_f64(wait).unwrap_or(Duration::from_millis(10));
+        return Ok((Vec::new(), Some(wait.max(Duration::from_millis(1)))));
+    }
+    let rows = claim_on(&mut tx, backend_id, i64::from(granted), token, lease).await?;
+    let unused = granted - i32::try_from(rows.len()).unwrap_or(granted);
+    if unused > 0 {
+        sqlx::query(include_str!("../sql/return_tokens.sql"))
+            .persistent(crate::db::prepared())
+            .bind(backend_id)
+            .bind(unused)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok((rows, None))
 }
 
 /// Send a claimed batch; returns an outcome per transmission.
@@ -291,7 +338,9 @@ async fn finish_chunk(
     let mut gateway_ids: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
     let mut errors: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
     let mut permanent = Vec::with_capacity(outcomes.len());
+    let mut retry_after: Vec<Option<f64>> = Vec::with_capacity(outcomes.len());
     for (id, o) in outcomes {
+        retry_after.push(o.retry_after().map(|d| d.as_secs_f64()));
         ids.push(*id);
         match o {
             Outcome::Sent { gateway_id } => {
@@ -309,21 +358,25 @@ async fn finish_chunk(
                 errors.push(Some(error.clone()));
                 permanent.push(*p);
             }
+            Outcome::Throttled { error, .. } => {
+                sent.push(false);
+                gateway_ids.push(None);
+                errors.push(Some(error.clone()));
+                permanent.push(false);
+            }
         }
     }
+    let columns = Columns {
+        ids: &ids,
+        sent: &sent,
+        gateway_ids: &gateway_ids,
+        errors: &errors,
+        permanent: &permanent,
+        retry_after: &retry_after,
+    };
     let mut pause = Duration::from_millis(100);
     loop {
-        let result = record_outcomes(
-            pool,
-            cfg,
-            token,
-            &ids,
-            &sent,
-            &gateway_ids,
-            &errors,
-            &permanent,
-        )
-        .await;
+        let result = record_outcomes(pool, cfg, token, &columns).await;
         match result {
             Ok(n) => return Ok(u64::try_from(n).unwrap_or(0)),
             Err(e) if is_transient(&e) && Instant::now() + pause < give_up => {
@@ -336,51 +389,96 @@ async fn finish_chunk(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A batch's outcomes as the finish statement's arrays.
+struct Columns<'a> {
+    ids: &'a [i64],
+    sent: &'a [bool],
+    gateway_ids: &'a [Option<String>],
+    errors: &'a [Option<String>],
+    permanent: &'a [bool],
+    retry_after: &'a [Option<f64>],
+}
+
 async fn record_outcomes(
     pool: &PgPool,
     cfg: &WorkerConfig,
     token: i64,
-    ids: &[i64],
-    sent: &[bool],
-    gateway_ids: &[Option<String>],
-    errors: &[Option<String>],
-    permanent: &[bool],
+    c: &Columns<'_>,
 ) -> std::result::Result<i64, sqlx::Error> {
     let mut conn = Conn::acquire(pool).await?;
     let (n,): (i64,) = sqlx::query_as(include_str!("../sql/outbound_finish.sql"))
         .persistent(crate::db::prepared())
         .bind(token)
-        .bind(ids)
-        .bind(sent)
-        .bind(gateway_ids)
-        .bind(errors)
-        .bind(permanent)
+        .bind(c.ids)
+        .bind(c.sent)
+        .bind(c.gateway_ids)
+        .bind(c.errors)
+        .bind(c.permanent)
         .bind(i32::try_from(cfg.max_attempts).unwrap_or(i32::MAX))
         .bind(cfg.retry_backoff.as_secs_f64())
         .bind(cfg.max_backoff.as_secs_f64())
+        .bind(c.retry_after)
         .fetch_one(conn.get())
         .await?;
     conn.done().await?;
     Ok(n)
 }
 
-/// Claim, send and record one batch of `entry`. Returns how many
-/// transmissions were claimed (a full batch means there may be more).
+/// What one outbound batch did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ran {
+    /// Transmissions claimed (a full batch means there may be more).
+    pub claimed: usize,
+    /// When nothing could be claimed because of a rate limit or a gateway's
+    /// Retry-After: how long until it is worth looking again.
+    pub wait: Option<Duration>,
+}
+
+/// Claim, send and record one batch of `entry`.
 pub async fn run_batch(
     pool: &PgPool,
     cfg: &WorkerConfig,
     pipeline: &Pipeline,
     entry: &BackendEntry,
-) -> Result<usize> {
+) -> Result<Ran> {
+    if let Some(wait) = entry.throttled_for() {
+        return Ok(Ran {
+            claimed: 0,
+            wait: Some(wait),
+        });
+    }
     let token: i64 = rand::random();
     let claimed_at = Instant::now();
-    let claimed = claim(pool, entry.id, entry.batch_size, token, cfg.lease).await?;
-    if claimed.is_empty() {
-        return Ok(0);
+    let (claimed, wait) = if entry.rate_limited {
+        claim_limited(pool, entry.id, entry.batch_size, token, cfg.lease).await?
+    } else {
+        (
+            claim(pool, entry.id, entry.batch_size, token, cfg.lease).await?,
+            None,
+        )
+    };
+    if !claimed.is_empty() {
+        complete(pool, cfg, pipeline, entry, token, &claimed, claimed_at).await?;
     }
-    complete(pool, cfg, pipeline, entry, token, &claimed, claimed_at).await?;
-    Ok(claimed.len())
+    Ok(Ran {
+        claimed: claimed.len(),
+        wait,
+    })
+}
+
+/// The gateway asked us to wait: every worker stops claiming for this
+/// backend until then.
+async fn throttle(pool: &PgPool, entry: &BackendEntry, wait: Duration) -> Result<()> {
+    tracing::warn!(backend = %entry.name, wait = %humantime::format_duration(wait), "the gateway asked us to slow down; pausing claims");
+    let mut conn = Conn::acquire(pool).await?;
+    sqlx::query(include_str!("../sql/throttle_backend.sql"))
+        .persistent(crate::db::prepared())
+        .bind(entry.id)
+        .bind(wait.as_secs_f64())
+        .execute(conn.get())
+        .await?;
+    conn.done().await?;
+    Ok(())
 }
 
 /// Send transmissions this worker holds under lease `token` (taken at
@@ -396,6 +494,9 @@ pub async fn complete(
 ) -> Result<()> {
     let outcomes = send(entry, pipeline, token, claimed, claimed_at + cfg.lease / 2).await;
     let recorded = finish(pool, cfg, token, &outcomes, claimed_at + cfg.lease).await?;
+    if let Some(wait) = outcomes.iter().filter_map(|(_, o)| o.retry_after()).max() {
+        throttle(pool, entry, wait).await?;
+    }
     if recorded < outcomes.len() as u64 {
         tracing::warn!(
             backend = %entry.name,

@@ -20,16 +20,37 @@ pub struct BackendEntry {
     pub engine: String,
     pub batch_size: u32,
     pub enabled: bool,
+    /// Why an operator (or a gateway refusing our credentials) paused it.
+    pub paused: Option<String>,
+    /// Whether a rate limit applies (claims then take tokens first).
+    pub rate_limited: bool,
+    /// A gateway asked us to wait until then (HTTP 429 Retry-After).
+    pub throttled_until: Option<DateTime<Utc>>,
     pub timeout: Duration,
     /// The engine, or why the row's configuration is unusable.
     pub engine_impl: std::result::Result<Arc<dyn Backend>, String>,
+    config: serde_json::Value,
     updated_at: DateTime<Utc>,
 }
 
 impl BackendEntry {
-    /// Enabled and correctly configured: its messages may be sent now.
+    /// Enabled, not paused and correctly configured: its messages may be
+    /// claimed (the claim itself also honours rate limits and throttling).
     pub fn can_send(&self) -> bool {
-        self.enabled && self.engine_impl.is_ok()
+        self.enabled && self.paused.is_none() && self.engine_impl.is_ok()
+    }
+
+    /// How long until a gateway's Retry-After ends, if it has not yet.
+    pub fn throttled_for(&self) -> Option<Duration> {
+        let until = self.throttled_until?;
+        (until - Utc::now()).to_std().ok().filter(|d| !d.is_zero())
+    }
+
+    /// Whether replies to this backend may be sent by the worker that wrote
+    /// them, right after the commit, without a claim: only when nothing
+    /// (a rate limit, a Retry-After) says they must wait their turn.
+    pub fn sends_replies_at_once(&self) -> bool {
+        self.can_send() && !self.rate_limited && self.throttled_for().is_none()
     }
 }
 
@@ -42,6 +63,9 @@ struct Row {
     batch_size: Option<i32>,
     enabled: bool,
     updated_at: DateTime<Utc>,
+    pause_reason: Option<String>,
+    rate_limited: bool,
+    throttled_until: Option<DateTime<Utc>>,
 }
 
 /// Load (or reload, reusing unchanged entries of `previous`) every backend.
@@ -59,13 +83,22 @@ pub async fn load(
     let old: HashMap<i32, &BackendEntry> = previous.iter().map(|e| (e.id, e)).collect();
     let mut entries = Vec::with_capacity(rows.len());
     for row in rows {
-        if let Some(e) = old.get(&row.id) {
-            if e.updated_at == row.updated_at {
-                entries.push((*e).clone());
-                continue;
+        match old.get(&row.id) {
+            Some(e) if e.updated_at == row.updated_at => entries.push((*e).clone()),
+            // Only the row's state changed (pause, throttle, limits): keep
+            // the built engine (and its connections).
+            Some(e) if e.engine == row.engine && e.config == row.config => {
+                let mut e = (*e).clone();
+                e.batch_size = batch_size(row.batch_size, cfg);
+                e.enabled = row.enabled;
+                e.paused = row.pause_reason;
+                e.rate_limited = row.rate_limited;
+                e.throttled_until = row.throttled_until;
+                e.updated_at = row.updated_at;
+                entries.push(e);
             }
+            _ => entries.push(build_entry(row, pool, cfg)),
         }
-        entries.push(build_entry(row, pool, cfg));
     }
     Ok(entries)
 }
@@ -92,15 +125,21 @@ fn build_entry(row: Row, pool: &PgPool, cfg: &WorkerConfig) -> BackendEntry {
         id: row.id,
         name: row.name,
         engine: row.engine,
-        batch_size: row
-            .batch_size
-            .and_then(|b| u32::try_from(b).ok())
-            .unwrap_or(cfg.batch_size),
+        config: row.config,
+        batch_size: batch_size(row.batch_size, cfg),
         enabled: row.enabled,
+        paused: row.pause_reason,
+        rate_limited: row.rate_limited,
+        throttled_until: row.throttled_until,
         timeout,
         engine_impl,
         updated_at: row.updated_at,
     }
+}
+
+fn batch_size(row: Option<i32>, cfg: &WorkerConfig) -> u32 {
+    row.and_then(|b| u32::try_from(b).ok())
+        .unwrap_or(cfg.batch_size)
 }
 
 /// Check every backend's configuration without a worker (for `status`).

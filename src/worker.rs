@@ -7,7 +7,11 @@
 //! a notification (LISTEN on channel `dbrouter`) or the poll interval,
 //! whichever comes first. Notifications can be lost while the listener is
 //! reconnecting, so the poll is the safety net, and after every reconnect the
-//! lanes are woken to look.
+//! lanes are woken to look. A rate-limited or throttled backend makes the
+//! lane wait only until its next token (or the end of the Retry-After).
+//!
+//! About once a second each worker also sweeps expired and cancelled
+//! transmissions (E "expired"/"cancelled"); the claim never takes them.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apps::Pipeline;
 use crate::config::WorkerConfig;
+use crate::db::Conn;
 use crate::error::Result;
 use crate::registry::{self, BackendEntry};
 use crate::{inbound, outbound};
@@ -39,7 +44,13 @@ pub struct Worker {
     config_dirty: AtomicBool,
     wake: watch::Sender<u64>,
     next_backend: AtomicUsize,
+    swept_at: Mutex<Option<Instant>>,
 }
+
+/// How often each worker runs the expiry sweep.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Transmissions ended per sweep statement.
+const SWEEP_LIMIT: i32 = 1000;
 
 /// What one pass over the queues found.
 #[derive(Debug, Default, Clone, Copy)]
@@ -48,6 +59,8 @@ pub struct Pass {
     pub claimed: usize,
     /// Whether some batch was full (there may be more right away).
     pub full: bool,
+    /// The soonest a rate-limited or throttled backend can go on.
+    pub wait: Option<Duration>,
 }
 
 impl Worker {
@@ -65,6 +78,7 @@ impl Worker {
             config_dirty: AtomicBool::new(false),
             wake,
             next_backend: AtomicUsize::new(0),
+            swept_at: Mutex::new(None),
         }))
     }
 
@@ -105,11 +119,12 @@ impl Worker {
     /// One inbound batch, then one outbound batch per enabled backend.
     pub async fn work_once(&self) -> Result<Pass> {
         self.refresh_backends().await?;
+        self.sweep_expired().await?;
         let mut pass = Pass::default();
         let backends = self.backends.read().await.clone();
         let send_now: HashSet<i32> = backends
             .iter()
-            .filter(|e| e.can_send())
+            .filter(|e| e.sends_replies_at_once())
             .map(|e| e.id)
             .collect();
         let batch = inbound::run_batch(&self.pool, &self.cfg, &self.pipeline, &send_now).await?;
@@ -139,11 +154,44 @@ impl Worker {
             if !entry.can_send() {
                 continue;
             }
-            let n = outbound::run_batch(&self.pool, &self.cfg, &self.pipeline, entry).await?;
-            pass.claimed += n;
-            pass.full |= n >= entry.batch_size as usize;
+            let ran = outbound::run_batch(&self.pool, &self.cfg, &self.pipeline, entry).await?;
+            pass.claimed += ran.claimed;
+            pass.full |= ran.claimed >= entry.batch_size as usize;
+            if let Some(w) = ran.wait {
+                pass.wait = Some(pass.wait.map_or(w, |p| p.min(w)));
+            }
         }
         Ok(pass)
+    }
+
+    /// End transmissions whose deadline passed or whose message was
+    /// cancelled, at most once per SWEEP_INTERVAL per worker.
+    async fn sweep_expired(&self) -> Result<()> {
+        {
+            let mut at = self.swept_at.lock().await;
+            if at.is_some_and(|t| t.elapsed() < SWEEP_INTERVAL) {
+                return Ok(());
+            }
+            *at = Some(Instant::now());
+        }
+        // A burst of expiries (an outage's backlog) is cleared in a few
+        // statements; anything left waits for the next sweep.
+        for _ in 0..10 {
+            let mut conn = Conn::acquire(&self.pool).await?;
+            let (n,): (i32,) = sqlx::query_as(include_str!("../sql/expire_due.sql"))
+                .persistent(crate::db::prepared())
+                .bind(SWEEP_LIMIT)
+                .fetch_one(conn.get())
+                .await?;
+            conn.done().await?;
+            if n > 0 {
+                tracing::info!(n, "ended expired or cancelled transmissions");
+            }
+            if n < SWEEP_LIMIT {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn refresh_backends(&self) -> Result<()> {
@@ -183,7 +231,8 @@ impl Worker {
                     if pass.full {
                         continue;
                     }
-                    self.cfg.poll_interval
+                    pass.wait
+                        .map_or(self.cfg.poll_interval, |w| w.min(self.cfg.poll_interval))
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);

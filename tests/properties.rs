@@ -73,7 +73,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (1u32..5).prop_map(Op::Claim),
-        4 => (0usize..8, prop::collection::vec(0u8..3, 5)).prop_map(|(k, o)| Op::Finish(k, o)),
+        4 => (0usize..8, prop::collection::vec(0u8..4, 5)).prop_map(|(k, o)| Op::Finish(k, o)),
         1 => prop::collection::vec(0usize..5, 0..3).prop_map(Op::Deliver),
         1 => Just(Op::Requeue),
     ]
@@ -140,6 +140,7 @@ async fn run_rollup_case(db: &TestDb, n: usize, ops: Vec<Op>) -> Result<(), Test
                         let outcome = match o {
                             0 => Outcome::Sent { gateway_id: None },
                             1 => Outcome::retryable("busy"),
+                            2 => Outcome::throttled("slow down", std::time::Duration::ZERO),
                             _ => Outcome::permanent("barred"),
                         };
                         (*id, outcome)
@@ -162,6 +163,11 @@ async fn run_rollup_case(db: &TestDb, n: usize, ops: Vec<Op>) -> Result<(), Test
                         } => T::EFinal,
                         Outcome::Failed { .. } if attempts[i] >= MAX_ATTEMPTS => T::EFinal,
                         Outcome::Failed { .. } => T::ERetry,
+                        // the gateway never looked at it: no attempt used
+                        Outcome::Throttled { .. } => {
+                            attempts[i] -= 1;
+                            T::ERetry
+                        }
                     };
                 }
                 prop_assert_eq!(

@@ -19,6 +19,7 @@
 mod default;
 mod echo;
 mod keyword;
+mod optout;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use sqlx::PgPool;
 pub use default::DefaultReply;
 pub use echo::Echo;
 pub use keyword::Keyword;
+pub use optout::OptOut;
 
 /// An app's failure; becomes the inbound message's error.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,18 @@ pub struct IncomingMessage {
     pub handled: bool,
     /// Replies queued by apps; sent to this message's connection.
     pub responses: Vec<String>,
+    /// Set by the `optout` app: opt the sender out or back in. Applied with
+    /// the message's R mark, in the same transaction.
+    pub opt_change: Option<OptChange>,
+}
+
+/// An opt-out change for the sender's connection (backend + identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptChange {
+    /// Opted out by this keyword: broadcasts and outbox skip the sender.
+    Stop { keyword: String },
+    /// Opted back in.
+    Start { keyword: String },
 }
 
 impl IncomingMessage {
@@ -147,11 +161,12 @@ impl Pipeline {
             let app: Arc<dyn App> = match name.trim() {
                 "echo" => Arc::new(Echo),
                 "keyword" => Arc::new(Keyword::new(pool.clone())),
+                "optout" => Arc::new(OptOut::new(pool.clone())),
                 "default" => Arc::new(DefaultReply::new(settings.default_reply.clone())),
                 "" => continue,
                 other => {
                     return Err(crate::error::Error::Config(format!(
-                        "unknown app {other:?}; the built-in apps are echo, keyword, default"
+                        "unknown app {other:?}; the built-in apps are optout, echo, keyword, default"
                     )))
                 }
             };

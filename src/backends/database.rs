@@ -19,7 +19,9 @@ use super::{Backend, Outcome, Recipient, SendError, SendRequest};
 /// ```
 /// `fail` fails the listed identities (all when `identities` is absent) on
 /// their first `attempts` attempts (every attempt when absent); with
-/// `"rate": 0.2` only that fraction of those sends fails, at random. `delay`
+/// `"rate": 0.2` only that fraction of those sends fails, at random; with
+/// `"retry_after": "2s"` the failures are throttling (like HTTP 429 with
+/// Retry-After: the backend waits, no attempt is used up). `delay`
 /// waits before recording, like a slow gateway; with `"delay_rate": 0.1` only
 /// that fraction of calls is slow.
 pub struct Database {
@@ -51,6 +53,8 @@ struct Fail {
     permanent: bool,
     error: Option<String>,
     rate: Option<f64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    retry_after: Option<Duration>,
 }
 
 fn check_rate(what: &str, rate: Option<f64>) -> Result<(), String> {
@@ -107,12 +111,16 @@ impl Database {
         if !chance(fail.rate) {
             return None;
         }
-        Some(Outcome::Failed {
-            error: fail
-                .error
-                .clone()
-                .unwrap_or_else(|| "simulated failure".into()),
-            permanent: fail.permanent,
+        let error = fail
+            .error
+            .clone()
+            .unwrap_or_else(|| "simulated failure".into());
+        Some(match fail.retry_after {
+            Some(after) => Outcome::throttled(error, after),
+            None => Outcome::Failed {
+                error,
+                permanent: fail.permanent,
+            },
         })
     }
 }
@@ -209,9 +217,8 @@ impl Backend for Database {
             .zip(&outcomes)
             .map(|(r, o)| (r, accepted(r, o)))
             .collect();
-        self.record(&calls).await.map_err(|e| SendError {
-            error: format!("database backend could not record the send: {e}"),
-            permanent: false,
+        self.record(&calls).await.map_err(|e| {
+            SendError::retryable(format!("database backend could not record the send: {e}"))
         })?;
         Ok(outcomes.into_iter().map(Ok).collect())
     }

@@ -49,6 +49,10 @@ pub enum Outcome {
     Sent { gateway_id: Option<String> },
     /// Not sent. A permanent failure is not retried.
     Failed { error: String, permanent: bool },
+    /// Not sent because the gateway asked us to slow down (HTTP 429 with
+    /// Retry-After): retried after `retry_after` without using up an
+    /// attempt, and the whole backend waits that long.
+    Throttled { error: String, retry_after: Duration },
 }
 
 impl Outcome {
@@ -64,6 +68,19 @@ impl Outcome {
             permanent: true,
         }
     }
+    pub fn throttled(error: impl Into<String>, retry_after: Duration) -> Self {
+        Outcome::Throttled {
+            error: error.into(),
+            retry_after,
+        }
+    }
+    /// How long the gateway asked the backend to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Outcome::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
 }
 
 /// A failure of the whole call (every identity failed the same way).
@@ -72,13 +89,31 @@ impl Outcome {
 pub struct SendError {
     pub error: String,
     pub permanent: bool,
+    /// The gateway asked us to wait this long (see [`Outcome::Throttled`]).
+    pub retry_after: Option<Duration>,
+}
+
+impl SendError {
+    pub fn retryable(error: impl Into<String>) -> Self {
+        SendError {
+            error: error.into(),
+            permanent: false,
+            retry_after: None,
+        }
+    }
 }
 
 impl From<SendError> for Outcome {
     fn from(e: SendError) -> Self {
-        Outcome::Failed {
-            error: e.error,
-            permanent: e.permanent,
+        match e.retry_after {
+            Some(retry_after) => Outcome::Throttled {
+                error: e.error,
+                retry_after,
+            },
+            None => Outcome::Failed {
+                error: e.error,
+                permanent: e.permanent,
+            },
         }
     }
 }
