@@ -8,10 +8,17 @@ use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
 use crate::registry;
 
-/// Turn a database error raised by our own checks into a plain input error.
+/// Turn a database error raised by our own checks (or by a value the
+/// database cannot read, like a malformed timestamp) into a plain input
+/// error. P0001 is a plpgsql RAISE in an operator function.
 fn input_error(e: sqlx::Error) -> Error {
     match &e {
-        sqlx::Error::Database(db) if db.code().as_deref().is_some_and(|c| c.starts_with("23")) => {
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .as_deref()
+                .is_some_and(|c| c.starts_with("23") || c.starts_with("22") || c == "P0001") =>
+        {
             Error::Input(db.message().to_string())
         }
         _ => Error::Db(e),
@@ -44,16 +51,196 @@ pub async fn receive(
     Ok(id)
 }
 
-/// Enqueue one outbound text to one or more identities. Returns the message id.
-pub async fn send(pool: &PgPool, backend: &str, identities: &[String], text: &str) -> Result<i64> {
-    let (id,): (i64,) = sqlx::query_as("SELECT dbrouter.broadcast($1, $2, $3)")
-        .bind(backend)
-        .bind(identities)
-        .bind(text)
+/// Options of an outbound message (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// Not before this time (anything PostgreSQL reads as a timestamptz).
+    pub send_at: Option<String>,
+    /// Unsent transmissions end E "expired" this long after send_at (or now).
+    pub expires_after: Option<std::time::Duration>,
+    /// Higher goes first; default 0.
+    pub priority: i32,
+    /// Enqueueing the same key again returns the first message.
+    pub client_key: Option<String>,
+}
+
+/// Enqueue one outbound text to one or more identities. Returns the message
+/// id (the first message's when `client_key` was used before).
+pub async fn send(
+    pool: &PgPool,
+    backend: &str,
+    identities: &[String],
+    text: &str,
+    opts: &SendOptions,
+) -> Result<i64> {
+    let (id,): (i64,) = sqlx::query_as(
+        "SELECT dbrouter.broadcast($1, $2, $3,
+                send_at => $4::timestamptz,
+                expires_at => coalesce($4::timestamptz, now()) + make_interval(secs => $5),
+                priority => $6,
+                client_key => $7)",
+    )
+    .bind(backend)
+    .bind(identities)
+    .bind(text)
+    .bind(opts.send_at.as_deref())
+    .bind(opts.expires_after.map(|d| d.as_secs_f64()))
+    .bind(opts.priority)
+    .bind(opts.client_key.as_deref())
+    .fetch_one(pool)
+    .await
+    .map_err(input_error)?;
+    Ok(id)
+}
+
+/// Cancel an outbound message; returns how many transmissions ended now.
+pub async fn cancel(pool: &PgPool, message_id: i64) -> Result<i32> {
+    let (n,): (i32,) = sqlx::query_as("SELECT dbrouter.cancel_message($1)")
+        .bind(message_id)
         .fetch_one(pool)
         .await
         .map_err(input_error)?;
-    Ok(id)
+    Ok(n)
+}
+
+/// Purge final messages older than `older_than`, one small transaction per
+/// batch, pausing `pause` between batches so workers are never starved.
+/// Returns how many messages were purged.
+pub async fn purge(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+    batch_size: i32,
+    pause: std::time::Duration,
+) -> Result<i64> {
+    let mut after = 0_i64;
+    let mut total = 0_i64;
+    loop {
+        let (purged, last): (i32, Option<i64>) = sqlx::query_as(
+            "SELECT purged, last_id FROM dbrouter.purge_batch(make_interval(secs => $1), $2, $3)",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(after)
+        .bind(batch_size)
+        .fetch_one(pool)
+        .await
+        .map_err(input_error)?;
+        total += i64::from(purged);
+        let Some(last) = last else {
+            return Ok(total);
+        };
+        after = last;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Pause a backend: its messages stay queued until it is resumed.
+pub async fn backend_pause(pool: &PgPool, name: &str, reason: &str) -> Result<()> {
+    sqlx::query("SELECT dbrouter.pause_backend($1, $2)")
+        .bind(name)
+        .bind(reason)
+        .execute(pool)
+        .await
+        .map_err(input_error)?;
+    Ok(())
+}
+
+pub async fn backend_resume(pool: &PgPool, name: &str) -> Result<()> {
+    sqlx::query("SELECT dbrouter.resume_backend($1)")
+        .bind(name)
+        .execute(pool)
+        .await
+        .map_err(input_error)?;
+    Ok(())
+}
+
+/// Traffic settings of a backend; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default)]
+pub struct BackendSettings {
+    pub batch_size: Option<i32>,
+    /// Messages per second; `Some(None)` removes the limit.
+    pub rate_limit: Option<Option<f64>>,
+    pub rate_burst: Option<i32>,
+    pub expire_after: Option<Option<std::time::Duration>>,
+    pub expire_replies_after: Option<Option<std::time::Duration>>,
+    pub number_format: Option<String>,
+    pub country_code: Option<Option<String>>,
+}
+
+pub async fn backend_set(pool: &PgPool, name: &str, s: &BackendSettings) -> Result<()> {
+    let secs = |d: &Option<Option<std::time::Duration>>| d.map(|d| d.map(|d| d.as_secs_f64()));
+    let done = sqlx::query(
+        "UPDATE dbrouter.backends SET
+            batch_size = CASE WHEN $2 THEN $3 ELSE batch_size END,
+            rate_limit = CASE WHEN $4 THEN $5 ELSE rate_limit END,
+            rate_burst = CASE WHEN $6 THEN $7 ELSE rate_burst END,
+            expire_after = CASE WHEN $8 THEN make_interval(secs => $9) ELSE expire_after END,
+            expire_replies_after = CASE WHEN $10 THEN make_interval(secs => $11) ELSE expire_replies_after END,
+            number_format = coalesce($12, number_format),
+            country_code = CASE WHEN $13 THEN $14 ELSE country_code END
+          WHERE name = $1",
+    )
+    .bind(name)
+    .bind(s.batch_size.is_some())
+    .bind(s.batch_size)
+    .bind(s.rate_limit.is_some())
+    .bind(s.rate_limit.flatten())
+    .bind(s.rate_burst.is_some())
+    .bind(s.rate_burst)
+    .bind(s.expire_after.is_some())
+    .bind(secs(&s.expire_after).flatten())
+    .bind(s.expire_replies_after.is_some())
+    .bind(secs(&s.expire_replies_after).flatten())
+    .bind(s.number_format.as_deref())
+    .bind(s.country_code.is_some())
+    .bind(s.country_code.clone().flatten())
+    .execute(pool)
+    .await
+    .map_err(input_error)?;
+    if done.rows_affected() == 0 {
+        return Err(Error::Input(format!("no backend named {name:?}")));
+    }
+    Ok(())
+}
+
+/// Opt an identity out (or back in, with `out = false`) by hand.
+pub async fn opt(pool: &PgPool, backend: &str, identity: &str, out: bool) -> Result<bool> {
+    if out {
+        sqlx::query("SELECT dbrouter.opt_out($1, $2)")
+            .bind(backend)
+            .bind(identity)
+            .execute(pool)
+            .await
+            .map_err(input_error)?;
+        Ok(true)
+    } else {
+        let (removed,): (bool,) = sqlx::query_as("SELECT dbrouter.opt_in($1, $2)")
+            .bind(backend)
+            .bind(identity)
+            .fetch_one(pool)
+            .await
+            .map_err(input_error)?;
+        Ok(removed)
+    }
+}
+
+/// The opted-out identities, as a table.
+pub async fn opt_out_list(pool: &PgPool) -> Result<String> {
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT backend, identity, keyword, to_char(created_at, 'YYYY-MM-DD HH24:MI:SS')
+           FROM dbrouter.opted_out ORDER BY backend, identity",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = format!(
+        "{:<20} {:<20} {:<12} since\n",
+        "backend", "identity", "keyword"
+    );
+    for (backend, identity, keyword, at) in rows {
+        let _ = writeln!(out, "{backend:<20} {identity:<20} {keyword:<12} {at}");
+    }
+    Ok(out)
 }
 
 /// Add a backend.
@@ -148,15 +335,48 @@ pub async fn status(pool: &PgPool, cfg: &WorkerConfig) -> Result<String> {
             "{backend:<20} {direction:<4} {status:<7} {t:>12} {m:>10} {age:>12}"
         );
     }
-    let disabled: Vec<(String,)> =
-        sqlx::query_as("SELECT name FROM dbrouter.backends WHERE NOT enabled ORDER BY name")
-            .fetch_all(pool)
-            .await?;
-    for (name,) in disabled {
-        let _ = writeln!(
-            out,
-            "\nbackend {name:?} is disabled: its messages stay queued"
-        );
+    let states: Vec<(
+        String,
+        bool,
+        Option<String>,
+        Option<String>,
+        Option<f64>,
+        Option<i32>,
+    )> = sqlx::query_as(
+        "SELECT name, enabled, pause_reason,
+                    CASE WHEN throttled_until > now()
+                         THEN to_char(throttled_until, 'YYYY-MM-DD HH24:MI:SS') END,
+                    rate_limit, rate_burst
+               FROM dbrouter.backends ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (name, enabled, paused, throttled, rate, burst) in states {
+        if !enabled {
+            let _ = writeln!(
+                out,
+                "\nbackend {name:?} is disabled: its messages stay queued"
+            );
+        }
+        if let Some(reason) = paused {
+            let _ = writeln!(
+                out,
+                "\nbackend {name:?} is paused ({reason}): its messages stay queued; dbrouter backend resume {name}"
+            );
+        }
+        if let Some(until) = throttled {
+            let _ = writeln!(
+                out,
+                "\nbackend {name:?} is throttled until {until}: the gateway asked us to wait"
+            );
+        }
+        if let Some(rate) = rate {
+            let burst = burst.map_or_else(|| "one second's worth".to_string(), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "\nbackend {name:?} is rate-limited to {rate} messages/s (burst {burst})"
+            );
+        }
     }
     for (name, problem) in registry::problems(pool, cfg).await? {
         let _ = writeln!(out, "\nbackend {name:?} is misconfigured: {problem}");

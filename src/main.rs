@@ -51,8 +51,37 @@ enum Command {
         /// Repeat for several recipients.
         #[arg(long = "identity", required = true)]
         identities: Vec<String>,
+        /// Not before this time (e.g. "2026-12-01 09:00+03").
+        #[arg(long)]
+        send_at: Option<String>,
+        /// Unsent transmissions end E "expired" this long after send-at (or now).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_after: Option<Duration>,
+        /// Higher goes first (-1000 to 1000; replies are 1, bulk 0).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// Idempotency key: sending the same key again returns the first message.
+        #[arg(long)]
+        key: Option<String>,
         text: String,
     },
+    /// Cancel an outbound message: unsent transmissions end E "cancelled".
+    Cancel { message_id: i64 },
+    /// Delete final messages older than an age, in small batches.
+    Purge {
+        /// e.g. 30d.
+        #[arg(long, env = "DBROUTER_PURGE_OLDER_THAN", value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        /// Messages per transaction.
+        #[arg(long, env = "DBROUTER_PURGE_BATCH_SIZE", default_value_t = 1000)]
+        batch_size: i32,
+        /// Pause between batches, to leave the database to the workers.
+        #[arg(long, env = "DBROUTER_PURGE_PAUSE", default_value = "10ms", value_parser = humantime::parse_duration)]
+        pause: Duration,
+    },
+    /// Opt identities out of (or back into) broadcasts and outbox sends.
+    #[command(subcommand)]
+    Optout(OptoutCommand),
     /// Queue depths, misconfigured backends and recent errors.
     Status,
     /// Manage backends.
@@ -79,6 +108,63 @@ enum BackendCommand {
     List,
     /// Remove a backend that has no message history.
     Remove { name: String },
+    /// Stop sending through a backend; its messages stay queued.
+    Pause {
+        name: String,
+        #[arg(long, default_value = "paused by an operator")]
+        reason: String,
+    },
+    /// Send through a paused backend again.
+    Resume { name: String },
+    /// Change a backend's traffic settings.
+    Set {
+        name: String,
+        #[arg(long)]
+        batch_size: Option<i32>,
+        /// Messages per second across all workers.
+        #[arg(long, conflicts_with = "no_rate_limit")]
+        rate_limit: Option<f64>,
+        /// Messages that may go at once after an idle spell.
+        #[arg(long)]
+        rate_burst: Option<i32>,
+        #[arg(long)]
+        no_rate_limit: bool,
+        /// Default deadline of non-reply messages (e.g. 1d); "none" removes it.
+        #[arg(long, value_parser = parse_optional_duration)]
+        expire_after: Option<OptionalDuration>,
+        /// Default deadline of replies (e.g. 1h); "none" removes it.
+        #[arg(long, value_parser = parse_optional_duration)]
+        expire_replies_after: Option<OptionalDuration>,
+        /// as-is or e164.
+        #[arg(long)]
+        number_format: Option<String>,
+        /// Country code for national numbers under e164 (e.g. 255); "none" removes it.
+        #[arg(long)]
+        country_code: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OptoutCommand {
+    /// Opt an identity out.
+    Add { backend: String, identity: String },
+    /// Opt an identity back in.
+    Remove { backend: String, identity: String },
+    /// List opted-out identities.
+    List,
+}
+
+/// A duration, or "none".
+#[derive(Clone, Copy)]
+struct OptionalDuration(Option<Duration>);
+
+fn parse_optional_duration(s: &str) -> std::result::Result<OptionalDuration, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(OptionalDuration(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| OptionalDuration(Some(d)))
+        .map_err(|e| format!("{e} (a duration like 1h, or none)"))
 }
 
 #[derive(Args)]
@@ -88,7 +174,7 @@ struct WorkerArgs {
         long,
         env = "DBROUTER_APPS",
         value_delimiter = ',',
-        default_value = "echo,keyword,default"
+        default_value = "optout,echo,keyword,default"
     )]
     apps: Vec<String>,
     /// Reply of the `default` app.
@@ -217,11 +303,55 @@ async fn main() -> Result<()> {
         Command::Send {
             backend,
             identities,
+            send_at,
+            expires_after,
+            priority,
+            key,
             text,
         } => {
             let pool = connect(1).await?;
-            let id = admin::send(&pool, backend, identities, text).await?;
+            let opts = admin::SendOptions {
+                send_at: send_at.clone(),
+                expires_after: *expires_after,
+                priority: *priority,
+                client_key: key.clone(),
+            };
+            let id = admin::send(&pool, backend, identities, text, &opts).await?;
             println!("queued outbound message {id}");
+        }
+        Command::Cancel { message_id } => {
+            let pool = connect(1).await?;
+            let n = admin::cancel(&pool, *message_id).await?;
+            println!("cancelled message {message_id}: {n} unsent transmissions ended");
+        }
+        Command::Purge {
+            older_than,
+            batch_size,
+            pause,
+        } => {
+            let pool = connect(1).await?;
+            let n = admin::purge(&pool, *older_than, *batch_size, *pause).await?;
+            println!(
+                "purged {n} messages older than {}",
+                humantime::format_duration(*older_than)
+            );
+        }
+        Command::Optout(cmd) => {
+            let pool = connect(1).await?;
+            match cmd {
+                OptoutCommand::Add { backend, identity } => {
+                    admin::opt(&pool, backend, identity, true).await?;
+                    println!("{identity} on {backend} is opted out");
+                }
+                OptoutCommand::Remove { backend, identity } => {
+                    if admin::opt(&pool, backend, identity, false).await? {
+                        println!("{identity} on {backend} is opted back in");
+                    } else {
+                        println!("{identity} on {backend} was not opted out");
+                    }
+                }
+                OptoutCommand::List => print!("{}", admin::opt_out_list(&pool).await?),
+            }
         }
         Command::Status => {
             let pool = connect(2).await?;
@@ -245,6 +375,43 @@ async fn main() -> Result<()> {
                 BackendCommand::Remove { name } => {
                     admin::backend_remove(&pool, name).await?;
                     println!("removed backend {name}");
+                }
+                BackendCommand::Pause { name, reason } => {
+                    admin::backend_pause(&pool, name, reason).await?;
+                    println!("paused backend {name}: its messages stay queued");
+                }
+                BackendCommand::Resume { name } => {
+                    admin::backend_resume(&pool, name).await?;
+                    println!("resumed backend {name}");
+                }
+                BackendCommand::Set {
+                    name,
+                    batch_size,
+                    rate_limit,
+                    rate_burst,
+                    no_rate_limit,
+                    expire_after,
+                    expire_replies_after,
+                    number_format,
+                    country_code,
+                } => {
+                    let settings = admin::BackendSettings {
+                        batch_size: *batch_size,
+                        rate_limit: if *no_rate_limit {
+                            Some(None)
+                        } else {
+                            rate_limit.map(Some)
+                        },
+                        rate_burst: *rate_burst,
+                        expire_after: expire_after.map(|d| d.0),
+                        expire_replies_after: expire_replies_after.map(|d| d.0),
+                        number_format: number_format.clone(),
+                        country_code: country_code
+                            .as_ref()
+                            .map(|c| (!c.eq_ignore_ascii_case("none")).then(|| c.clone())),
+                    };
+                    admin::backend_set(&pool, name, &settings).await?;
+                    println!("updated backend {name}");
                 }
             }
         }

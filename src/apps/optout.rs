@@ -41,11 +41,10 @@ impl OptOut {
 
     async fn read(&self) -> Result<Vec<(String, String, String)>, sqlx::Error> {
         let mut conn = crate::db::Conn::acquire(&self.pool).await?;
-        let rows =
-            sqlx::query_as("SELECT keyword, action, reply FROM dbrouter.opt_out_keywords")
-                .persistent(crate::db::prepared())
-                .fetch_all(conn.get())
-                .await?;
+        let rows = sqlx::query_as("SELECT keyword, action, reply FROM dbrouter.opt_out_keywords")
+            .persistent(crate::db::prepared())
+            .fetch_all(conn.get())
+            .await?;
         conn.done().await?;
         Ok(rows)
     }
@@ -57,9 +56,10 @@ impl OptOut {
                 return Ok(table.clone());
             }
         }
-        let rows = self.read().await.map_err(|e| {
-            AppError::new(format!("could not read dbrouter.opt_out_keywords: {e}"))
-        })?;
+        let rows = self
+            .read()
+            .await
+            .map_err(|e| AppError::new(format!("could not read dbrouter.opt_out_keywords: {e}")))?;
         let table: Table = Arc::new(
             rows.into_iter()
                 .map(|(keyword, action, reply)| {

@@ -52,7 +52,10 @@ pub enum Outcome {
     /// Not sent because the gateway asked us to slow down (HTTP 429 with
     /// Retry-After): retried after `retry_after` without using up an
     /// attempt, and the whole backend waits that long.
-    Throttled { error: String, retry_after: Duration },
+    Throttled {
+        error: String,
+        retry_after: Duration,
+    },
 }
 
 impl Outcome {
