@@ -683,9 +683,9 @@ BEGIN
     -- can keep what it answers).
     LOOP
         kept := cardinality(ids);
-        ids := ARRAY(SELECT id FROM unnest(ids) AS id
+        ids := ARRAY(SELECT k.mid FROM unnest(ids) AS k(mid)
                       WHERE NOT EXISTS (SELECT 1 FROM dbrouter.messages r
-                                         WHERE r.in_response_to = id AND r.id <> ALL (ids)));
+                                         WHERE r.in_response_to = k.mid AND r.id <> ALL (ids)));
         EXIT WHEN cardinality(ids) = kept;
     END LOOP;
     IF cardinality(ids) = 0 THEN

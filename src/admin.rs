@@ -307,6 +307,17 @@ pub async fn backend_list(pool: &PgPool) -> Result<String> {
     Ok(out)
 }
 
+/// What `status` says about a backend besides its queues.
+#[derive(sqlx::FromRow)]
+struct BackendState {
+    name: String,
+    enabled: bool,
+    paused: Option<String>,
+    throttled: Option<String>,
+    rate: Option<f64>,
+    burst: Option<i32>,
+}
+
 /// The `dbrouter status` report: queue depths, misconfigured backends,
 /// recent errors.
 pub async fn status(pool: &PgPool, cfg: &WorkerConfig) -> Result<String> {
@@ -335,23 +346,24 @@ pub async fn status(pool: &PgPool, cfg: &WorkerConfig) -> Result<String> {
             "{backend:<20} {direction:<4} {status:<7} {t:>12} {m:>10} {age:>12}"
         );
     }
-    let states: Vec<(
-        String,
-        bool,
-        Option<String>,
-        Option<String>,
-        Option<f64>,
-        Option<i32>,
-    )> = sqlx::query_as(
-        "SELECT name, enabled, pause_reason,
+    let states: Vec<BackendState> = sqlx::query_as(
+        "SELECT name, enabled, pause_reason AS paused,
                     CASE WHEN throttled_until > now()
-                         THEN to_char(throttled_until, 'YYYY-MM-DD HH24:MI:SS') END,
-                    rate_limit, rate_burst
+                         THEN to_char(throttled_until, 'YYYY-MM-DD HH24:MI:SS') END AS throttled,
+                    rate_limit AS rate, rate_burst AS burst
                FROM dbrouter.backends ORDER BY name",
     )
     .fetch_all(pool)
     .await?;
-    for (name, enabled, paused, throttled, rate, burst) in states {
+    for BackendState {
+        name,
+        enabled,
+        paused,
+        throttled,
+        rate,
+        burst,
+    } in states
+    {
         if !enabled {
             let _ = writeln!(
                 out,

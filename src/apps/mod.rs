@@ -164,9 +164,11 @@ impl Pipeline {
                 "optout" => Arc::new(OptOut::new(pool.clone())),
                 "default" => Arc::new(DefaultReply::new(settings.default_reply.clone())),
                 "" => continue,
-                other => return Err(crate::error::Error::Config(format!(
+                other => {
+                    return Err(crate::error::Error::Config(format!(
                     "unknown app {other:?}; the built-in apps are optout, echo, keyword, default"
-                ))),
+                )))
+                }
             };
             apps.push(app);
         }
