@@ -85,6 +85,10 @@ struct Results {
     wakeup_p99_ms: f64,
     round_trips: Vec<RoundTrip>,
     history_run: Option<RoundTrip>,
+    /// The same, with `dbrouter purge` deleting that history meanwhile.
+    purge_run: Option<RoundTrip>,
+    /// History messages the purge deleted during that run.
+    purged: i64,
     broadcast_identities: usize,
     broadcast_call_ids_per_s: f64,
     broadcast_end_to_end_per_s: f64,
@@ -273,13 +277,43 @@ async fn insert_inbound(pool: &PgPool, from: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
-async fn round_trip(args: &Args, workers: usize, history: usize, tck: f64) -> Result<RoundTrip> {
+async fn round_trip(args: &Args, workers: usize, tck: f64) -> Result<RoundTrip> {
     let (pool, url) = fresh_db(args, &format!("rt{workers}")).await?;
-    if history > 0 {
-        fill_history(&pool, history).await?;
-    }
-    let children = spawn_workers(args, &url, workers)?;
-    wait_listening(&pool, workers).await?;
+    run_round_trip(args, &pool, &url, workers, 0, tck, false).await
+}
+
+/// One round-trip run on `pool`'s database (which may hold history); with
+/// `purge`, `dbrouter purge --older-than 30d` runs beside it the whole time.
+async fn run_round_trip(
+    args: &Args,
+    pool: &PgPool,
+    url: &str,
+    workers: usize,
+    history: usize,
+    tck: f64,
+    purge: bool,
+) -> Result<RoundTrip> {
+    let (first_new,): (i64,) = sqlx::query_as("SELECT coalesce(max(id), 0) FROM dbrouter.messages")
+        .fetch_one(pool)
+        .await?;
+    let (identities_from,): (i64,) = sqlx::query_as("SELECT count(*) FROM dbrouter.connections")
+        .fetch_one(pool)
+        .await?;
+    let children = spawn_workers(args, url, workers)?;
+    wait_listening(pool, workers).await?;
+    let mut purger = if purge {
+        Some(
+            Command::new(&args.dbrouter)
+                .args(["purge", "--older-than", "30d"])
+                .env("DATABASE_URL", url)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot start {} purge", args.dbrouter))?,
+        )
+    } else {
+        None
+    };
     let worker_cpu = |children: &[Child]| -> f64 {
         children
             .iter()
@@ -293,11 +327,16 @@ async fn round_trip(args: &Args, workers: usize, history: usize, tck: f64) -> Re
     let producer = {
         let pool = pool.clone();
         let n = args.messages;
-        tokio::spawn(async move { insert_inbound(&pool, 0, n).await })
+        let from = usize::try_from(identities_from).unwrap_or(0);
+        tokio::spawn(async move { insert_inbound(&pool, from, n).await })
     };
     producer.await??;
-    wait_idle(&pool, Duration::from_millis(100)).await?;
+    wait_idle(pool, Duration::from_millis(100)).await?;
     let seconds = start.elapsed().as_secs_f64();
+    if let Some(p) = purger.as_mut() {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
     let pg1 = postgres_cpu(args.postmaster_pid, tck);
     let w1 = worker_cpu(&children);
     let rss = children
@@ -306,9 +345,11 @@ async fn round_trip(args: &Args, workers: usize, history: usize, tck: f64) -> Re
         .fold(0.0, f64::max);
     stop_workers(children).await?;
     let (sent,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM dbrouter.messages WHERE direction = 'O' AND status = 'S' AND in_response_to IS NOT NULL",
+        "SELECT count(*) FROM dbrouter.messages
+          WHERE direction = 'O' AND status = 'S' AND in_response_to > $1",
     )
-    .fetch_one(&pool)
+    .bind(first_new)
+    .fetch_one(pool)
     .await?;
     if sent as usize != args.messages {
         bail!(
@@ -332,18 +373,21 @@ async fn round_trip(args: &Args, workers: usize, history: usize, tck: f64) -> Re
 }
 
 /// `n` final messages (half inbound R, half outbound S) with their
-/// transmissions, written set-wise, then vacuumed and analysed.
+/// transmissions, 40 days old (so the purge run has work), written set-wise,
+/// then vacuumed and analysed.
 async fn fill_history(pool: &PgPool, n: usize) -> Result<()> {
     let started = Instant::now();
     let n = n as i64;
     let stmts = [
         "INSERT INTO dbrouter.connections (backend_id, identity)
          SELECT 1, '+1' || lpad(i::text, 9, '0') FROM generate_series(1, 100000) i",
-        "INSERT INTO dbrouter.messages (direction, status, text, n_total, n_done, sent_at)
+        "INSERT INTO dbrouter.messages (direction, status, text, n_total, n_done, sent_at,
+                                        created_at, updated_at)
          SELECT CASE WHEN i % 2 = 0 THEN 'I' ELSE 'O' END,
                 CASE WHEN i % 2 = 0 THEN 'R' ELSE 'S' END,
                 'history ' || i, 1, CASE WHEN i % 2 = 0 THEN 0 ELSE 1 END,
-                CASE WHEN i % 2 = 1 THEN now() END
+                CASE WHEN i % 2 = 1 THEN now() END,
+                now() - interval '40 days', now() - interval '40 days'
            FROM generate_series(1, $1) i",
         "INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status, attempts, sent_at)
          SELECT m.id, c0.first + m.id % 100000, 1, m.status, 1, m.sent_at
@@ -594,7 +638,7 @@ async fn main() -> Result<()> {
     (r.wakeup_p50_ms, r.wakeup_p99_ms) = bound_wakeup(&args).await?;
     for &w in &args.workers {
         eprintln!("bench: round trip, {w} worker(s)");
-        r.round_trips.push(round_trip(&args, w, 0, tck).await?);
+        r.round_trips.push(round_trip(&args, w, tck).await?);
     }
     eprintln!("bench: broadcast");
     r.broadcast_identities = args.broadcast;
@@ -607,7 +651,17 @@ async fn main() -> Result<()> {
     }
     if args.history > 0 {
         eprintln!("bench: round trip over {} history messages", args.history);
-        r.history_run = Some(round_trip(&args, 2, args.history, tck).await?);
+        let (pool, url) = fresh_db(&args, "history").await?;
+        fill_history(&pool, args.history).await?;
+        r.history_run =
+            Some(run_round_trip(&args, &pool, &url, 2, args.history, tck, false).await?);
+        eprintln!("bench: round trip while dbrouter purge deletes that history");
+        let old =
+            "SELECT count(*) FROM dbrouter.messages WHERE created_at < now() - interval '30 days'";
+        let (before,): (i64,) = sqlx::query_as(old).fetch_one(&pool).await?;
+        r.purge_run = Some(run_round_trip(&args, &pool, &url, 2, args.history, tck, true).await?);
+        let (after,): (i64,) = sqlx::query_as(old).fetch_one(&pool).await?;
+        r.purged = before - after;
     }
     std::fs::write(&args.json, serde_json::to_string_pretty(&r)?)?;
     print!("{}", table(&r));
@@ -681,6 +735,16 @@ fn table(r: &Results) -> String {
             h.msgs_per_s,
             two.msgs_per_s,
             h.msgs_per_s / two.msgs_per_s
+        ));
+    }
+    if let (Some(p), Some(h)) = (&r.purge_run, &r.history_run) {
+        out.push_str(&format!(
+            "| the same while `dbrouter purge` deletes history ({} messages purged, {:.0}/s) | {:.0} msgs/s | without purge {:.0} msgs/s | {:.2} | |\n",
+            r.purged,
+            r.purged as f64 / p.seconds,
+            p.msgs_per_s,
+            h.msgs_per_s,
+            p.msgs_per_s / h.msgs_per_s
         ));
     }
     if let (Some(peer), Some(two)) = (r.sqlxmq_jobs_per_s, by_workers.get(&2)) {
