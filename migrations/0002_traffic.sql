@@ -121,20 +121,26 @@ SELECT k, 'start', 'You are subscribed again. Reply STOP to unsubscribe.'
 -- bare digits are taken as already starting with a country code. The result
 -- must be "+" and 7 to 15 digits; NULL means the number is not valid.
 -- ---------------------------------------------------------------------------
+CREATE FUNCTION dbrouter.e164_identity(identity text, country_code text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN e ~ '^\+[1-9][0-9]{6,14}$' THEN e END
+      FROM (SELECT CASE
+                WHEN d LIKE '+%' THEN d
+                WHEN d LIKE '00%' THEN '+' || substr(d, 3)
+                WHEN d LIKE '0%' AND country_code IS NOT NULL THEN '+' || country_code || substr(d, 2)
+                WHEN d LIKE '0%' THEN NULL
+                ELSE '+' || d
+            END AS e
+              FROM (SELECT regexp_replace(identity, '[[:space:]().-]', '', 'g') AS d) x) y
+$$;
+
+-- A plain CASE, so PostgreSQL inlines it: 'as-is' backends pay nothing per
+-- row (a function call per identity made a 100,000-identity broadcast
+-- 0.4 s slower).
 CREATE FUNCTION dbrouter.normalize_identity(identity text, number_format text, country_code text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE
-        WHEN number_format IS DISTINCT FROM 'e164' THEN identity
-        ELSE (SELECT CASE WHEN e ~ '^\+[1-9][0-9]{6,14}$' THEN e END
-                FROM (SELECT CASE
-                          WHEN d LIKE '+%' THEN d
-                          WHEN d LIKE '00%' THEN '+' || substr(d, 3)
-                          WHEN d LIKE '0%' AND country_code IS NOT NULL THEN '+' || country_code || substr(d, 2)
-                          WHEN d LIKE '0%' THEN NULL
-                          ELSE '+' || d
-                      END AS e
-                        FROM (SELECT regexp_replace(identity, '[[:space:]().-]', '', 'g') AS d) x) y)
-    END
+    SELECT CASE WHEN number_format IS DISTINCT FROM 'e164' THEN identity
+                ELSE dbrouter.e164_identity(identity, country_code) END
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -142,12 +148,16 @@ $$;
 -- scheduling fields. The 4-argument version is replaced.
 -- ---------------------------------------------------------------------------
 
--- The core checks keep their body under a new name.
+-- The core checks keep their body under a new name. STABLE, not IMMUTABLE:
+-- they call format(), which is STABLE, and PostgreSQL only inlines a SQL
+-- function whose body is no more volatile than declared. Inlined, checking
+-- 100,000 broadcast identities takes 30 ms instead of 2.5 s.
 ALTER FUNCTION dbrouter.enqueue_problem(text, boolean, text, text) RENAME TO enqueue_core_problem;
+ALTER FUNCTION dbrouter.enqueue_core_problem(text, boolean, text, text) STABLE;
 
 CREATE FUNCTION dbrouter.enqueue_problem(backend text, backend_known boolean, identity text, body text,
                                          number_format text, country_code text)
-RETURNS text LANGUAGE sql IMMUTABLE AS $$
+RETURNS text LANGUAGE sql STABLE AS $$
     SELECT coalesce(
         dbrouter.enqueue_core_problem(backend, backend_known, identity, body),
         CASE WHEN number_format = 'e164'

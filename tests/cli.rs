@@ -144,3 +144,131 @@ async fn backend_receive_send_worker_and_status_from_the_command_line() {
     assert!(text(&bad).contains("disable it instead"), "{}", text(&bad));
     db.drop().await;
 }
+
+#[tokio::test]
+async fn traffic_controls_from_the_command_line() {
+    let db = TestDb::new().await;
+    let url = db.url.as_str();
+    let run = |args: &[&str]| {
+        let o = dbrouter(url, args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        text(&o)
+    };
+    run(&["backend", "add", "sms", "--engine", "database"]);
+    run(&[
+        "backend",
+        "set",
+        "sms",
+        "--rate-limit",
+        "30",
+        "--rate-burst",
+        "60",
+        "--expire-replies-after",
+        "1h",
+        "--number-format",
+        "e164",
+        "--country-code",
+        "255",
+    ]);
+    assert_eq!(
+        db.scalar_str(
+            "SELECT rate_limit || '/' || rate_burst || '/' || expire_replies_after || '/' || number_format || '/' || country_code
+               FROM dbrouter.backends"
+        )
+        .await,
+        "30/60/01:00:00/e164/255"
+    );
+    run(&["backend", "pause", "sms", "--reason", "maintenance"]);
+    let status = run(&["status"]);
+    assert!(
+        status.contains("\"sms\" is paused (maintenance)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("rate-limited to 30 messages/s (burst 60)"),
+        "{status}"
+    );
+    run(&["backend", "resume", "sms"]);
+    assert!(!run(&["status"]).contains("paused"));
+
+    let first = run(&[
+        "send",
+        "--backend",
+        "sms",
+        "--identity",
+        "0712 345 678",
+        "--send-at",
+        "2099-01-01 09:00+00",
+        "--expires-after",
+        "2h",
+        "--priority",
+        "-5",
+        "--key",
+        "reminder-1",
+        "Reminder",
+    ]);
+    let again = run(&[
+        "send",
+        "--backend",
+        "sms",
+        "--identity",
+        "+255700000000",
+        "--key",
+        "reminder-1",
+        "Other",
+    ]);
+    assert_eq!(first, again, "the same key gives the first message");
+    assert_eq!(
+        db.scalar_str(
+            "SELECT c.identity || '/' || m.priority || '/' || (m.expires_at - m.send_at) || '/' || t.due_at
+               FROM dbrouter.messages m JOIN dbrouter.transmissions t ON t.message_id = m.id
+               JOIN dbrouter.connections c ON c.id = t.connection_id"
+        )
+        .await,
+        "+255712345678/-5/02:00:00/2099-01-01 09:00:00+00"
+    );
+    let bad = dbrouter(
+        url,
+        &["send", "--backend", "sms", "--identity", "12ab", "x"],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).contains("is not a valid phone number"),
+        "{}",
+        text(&bad)
+    );
+    let bad = dbrouter(
+        url,
+        &[
+            "send",
+            "--backend",
+            "sms",
+            "--identity",
+            "+255712345678",
+            "--send-at",
+            "soonish",
+            "x",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("soonish"), "{}", text(&bad));
+
+    let id = db.scalar_i64("SELECT id FROM dbrouter.messages").await;
+    let cancelled = run(&["cancel", &id.to_string()]);
+    assert!(
+        cancelled.contains("1 unsent transmissions ended"),
+        "{cancelled}"
+    );
+    let bad = dbrouter(url, &["cancel", "424242"]);
+    assert!(
+        text(&bad).contains("no message with id 424242"),
+        "{}",
+        text(&bad)
+    );
+
+    run(&["optout", "add", "sms", "0712 000 111"]);
+    assert!(run(&["optout", "list"]).contains("+255712000111"));
+    assert!(run(&["optout", "remove", "sms", "+255712000111"]).contains("opted back in"));
+    assert!(!run(&["optout", "list"]).contains("+255712000111"));
+    db.drop().await;
+}
