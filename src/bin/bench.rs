@@ -199,7 +199,7 @@ fn spawn_workers(args: &Args, url: &str, n: usize) -> Result<Vec<Child>> {
         .collect()
 }
 
-async fn stop_workers(children: Vec<Child>) -> Result<()> {
+async fn stop_workers(pool: &PgPool, children: Vec<Child>) -> Result<()> {
     for c in &children {
         let _ = Command::new("kill")
             .args(["-s", "TERM", &c.id().to_string()])
@@ -209,8 +209,21 @@ async fn stop_workers(children: Vec<Child>) -> Result<()> {
         let start = Instant::now();
         while c.try_wait()?.is_none() {
             if start.elapsed() > Duration::from_secs(60) {
+                // What the server is busy with, for the report.
+                let busy: Vec<(String,)> = sqlx::query_as(
+                    "SELECT format('backend %s busy for %s, waiting on %s/%s: %s', pid,
+                                   now() - query_start, wait_event_type, wait_event, left(query, 300))
+                       FROM pg_stat_activity
+                      WHERE state <> 'idle' AND pid <> pg_backend_pid()",
+                )
+                .fetch_all(pool)
+                .await
+                .unwrap_or_default();
+                for (line,) in busy {
+                    eprintln!("bench: {line}");
+                }
                 c.kill()?;
-                bail!("a worker did not stop within 60 s");
+                bail!("a worker did not stop within 60 s (what the server was doing is above)");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -343,7 +356,7 @@ async fn run_round_trip(
         .iter()
         .map(|c| peak_rss_mib(c.id()))
         .fold(0.0, f64::max);
-    stop_workers(children).await?;
+    stop_workers(pool, children).await?;
     let (sent,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM dbrouter.messages
           WHERE direction = 'O' AND status = 'S' AND in_response_to > $1",
@@ -430,7 +443,7 @@ async fn broadcast(args: &Args) -> Result<(f64, f64)> {
     let call = start.elapsed().as_secs_f64();
     wait_idle(&pool, Duration::from_millis(100)).await?;
     let total = start.elapsed().as_secs_f64();
-    stop_workers(children).await?;
+    stop_workers(&pool, children).await?;
     Ok((args.broadcast as f64 / call, args.broadcast as f64 / total))
 }
 
@@ -461,7 +474,7 @@ async fn latency(args: &Args) -> Result<(f64, f64, f64)> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_idle(&pool, Duration::from_millis(50)).await?;
-    stop_workers(children).await?;
+    stop_workers(&pool, children).await?;
     let rows: Vec<(f64,)> = sqlx::query_as(
         "SELECT extract(epoch FROM t.sent_at - i.created_at)::float8 * 1000
            FROM dbrouter.messages i
