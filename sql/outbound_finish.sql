@@ -5,9 +5,10 @@
 -- is appended to the attempt history; messages get their counters and status
 -- updated by deltas.
 --
--- A failure past the transmission's deadline is final. A throttled failure
--- (the gateway said "retry after N s", e.g. HTTP 429) waits exactly that
--- long and does not use up an attempt: the gateway never looked at it.
+-- A failure past the transmission's deadline is final. A requeued one (the
+-- gateway said "retry after N s", HTTP 429, or refused our credentials)
+-- goes back to Q for then, without using up an attempt: the gateway never
+-- looked at it. It is still written to the attempt history.
 --
 -- $1 lease token, $2 transmission ids, $3 sent?, $4 gateway ids, $5 errors,
 -- $6 permanent?, $7 max attempts, $8 backoff base (s), $9 backoff cap (s),
@@ -23,7 +24,10 @@ WITH outcome AS (
         AS o(id, sent, gateway_id, error, permanent, retry_after)
 ), done AS (
     UPDATE dbrouter.transmissions t
-       SET status = CASE WHEN o.sent THEN 'S' ELSE 'E' END,
+       SET status = CASE WHEN o.sent THEN 'S'
+                         WHEN o.retry_after IS NOT NULL
+                              AND (t.expires_at IS NULL OR t.expires_at > now()) THEN 'Q'
+                         ELSE 'E' END,
            lease_token = NULL,
            attempts = CASE WHEN o.retry_after IS NOT NULL THEN t.attempts - 1 ELSE t.attempts END,
            due_at = CASE
@@ -44,7 +48,7 @@ WITH outcome AS (
 ), history AS (
     INSERT INTO dbrouter.attempts (transmission_id, attempt, error, final)
     SELECT id, attempt, coalesce(error, 'unknown error'), due_at IS NULL
-      FROM done WHERE status = 'E'
+      FROM done WHERE status IN ('E', 'Q')  -- Q here: requeued after a refusal
 ), deltas AS (
     SELECT message_id,
            count(*) FILTER (WHERE status = 'S')::integer AS sent,

@@ -18,6 +18,7 @@ pub mod error;
 pub mod inbound;
 pub mod outbound;
 pub mod registry;
+pub mod serve;
 pub mod worker;
 
 pub use config::WorkerConfig;

@@ -34,6 +34,15 @@ enum Command {
     Migrate,
     /// Process messages until SIGINT/SIGTERM.
     Worker(WorkerArgs),
+    /// Receive messages and delivery reports from gateways over HTTP.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "DBROUTER_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Database connections for the receiver.
+        #[arg(long, env = "DBROUTER_SERVE_CONNECTIONS", default_value_t = 8)]
+        connections: u32,
+    },
     /// Enqueue an inbound message, as if a gateway had received it.
     Receive {
         #[arg(long, env = "DBROUTER_BACKEND")]
@@ -289,6 +298,23 @@ async fn main() -> Result<()> {
             tracing::info!(concurrency = worker.config().concurrency, "worker started");
             worker.run(shutdown).await?;
             tracing::info!("worker stopped");
+        }
+        Command::Serve {
+            listen,
+            connections,
+        } => {
+            let pool = db::connect_lazy(&cli.database_url, *connections)
+                .context("DATABASE_URL is not a valid URL")?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}; is it in use?"))?;
+            tracing::info!(address = %listen, "receiving from gateways");
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            dbrouter::serve::serve(pool, listener, async move { shutdown.cancelled().await })
+                .await
+                .context("the HTTP receiver failed")?;
+            tracing::info!("receiver stopped");
         }
         Command::Receive {
             backend,

@@ -340,7 +340,7 @@ async fn finish_chunk(
     let mut permanent = Vec::with_capacity(outcomes.len());
     let mut retry_after: Vec<Option<f64>> = Vec::with_capacity(outcomes.len());
     for (id, o) in outcomes {
-        retry_after.push(o.retry_after().map(|d| d.as_secs_f64()));
+        retry_after.push(o.requeue_after().map(|d| d.as_secs_f64()));
         ids.push(*id);
         match o {
             Outcome::Sent { gateway_id } => {
@@ -358,7 +358,7 @@ async fn finish_chunk(
                 errors.push(Some(error.clone()));
                 permanent.push(*p);
             }
-            Outcome::Throttled { error, .. } => {
+            Outcome::Throttled { error, .. } | Outcome::Unauthorized { error } => {
                 sent.push(false);
                 gateway_ids.push(None);
                 errors.push(Some(error.clone()));
@@ -481,6 +481,23 @@ async fn throttle(pool: &PgPool, entry: &BackendEntry, wait: Duration) -> Result
     Ok(())
 }
 
+/// The gateway refused our credentials: pause the backend (its messages stay
+/// queued) until an operator fixes the row and resumes it.
+async fn pause(pool: &PgPool, entry: &BackendEntry, error: &str) -> Result<()> {
+    tracing::error!(backend = %entry.name, %error, "the gateway refused our credentials; pausing the backend");
+    let mut conn = Conn::acquire(pool).await?;
+    sqlx::query(include_str!("../sql/pause_backend.sql"))
+        .persistent(crate::db::prepared())
+        .bind(&entry.name)
+        .bind(format!(
+            "the gateway refused our credentials ({error}); fix the backend's config, then resume it"
+        ))
+        .execute(conn.get())
+        .await?;
+    conn.done().await?;
+    Ok(())
+}
+
 /// Send transmissions this worker holds under lease `token` (taken at
 /// `claimed_at`) and record the outcomes.
 pub async fn complete(
@@ -494,8 +511,14 @@ pub async fn complete(
 ) -> Result<()> {
     let outcomes = send(entry, pipeline, token, claimed, claimed_at + cfg.lease / 2).await;
     let recorded = finish(pool, cfg, token, &outcomes, claimed_at + cfg.lease).await?;
-    if let Some(wait) = outcomes.iter().filter_map(|(_, o)| o.retry_after()).max() {
+    if let Some(wait) = outcomes.iter().filter_map(|(_, o)| o.throttle()).max() {
         throttle(pool, entry, wait).await?;
+    }
+    if let Some((_, Outcome::Unauthorized { error })) = outcomes
+        .iter()
+        .find(|(_, o)| matches!(o, Outcome::Unauthorized { .. }))
+    {
+        pause(pool, entry, error).await?;
     }
     if recorded < outcomes.len() as u64 {
         tracing::warn!(

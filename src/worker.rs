@@ -165,7 +165,8 @@ impl Worker {
     }
 
     /// End transmissions whose deadline passed or whose message was
-    /// cancelled, at most once per SWEEP_INTERVAL per worker.
+    /// cancelled, and apply delivery reports, at most once per
+    /// SWEEP_INTERVAL per worker.
     async fn sweep_expired(&self) -> Result<()> {
         {
             let mut at = self.swept_at.lock().await;
@@ -186,6 +187,22 @@ impl Worker {
             conn.done().await?;
             if n > 0 {
                 tracing::info!(n, "ended expired or cancelled transmissions");
+            }
+            if n < SWEEP_LIMIT {
+                break;
+            }
+        }
+        // Delivery reports `dbrouter serve` recorded.
+        for _ in 0..10 {
+            let mut conn = Conn::acquire(&self.pool).await?;
+            let (n,): (i32,) = sqlx::query_as(include_str!("../sql/apply_receipts.sql"))
+                .persistent(crate::db::prepared())
+                .bind(SWEEP_LIMIT)
+                .fetch_one(conn.get())
+                .await?;
+            conn.done().await?;
+            if n > 0 {
+                tracing::debug!(n, "applied delivery reports");
             }
             if n < SWEEP_LIMIT {
                 break;

@@ -163,10 +163,11 @@ async fn run_rollup_case(db: &TestDb, n: usize, ops: Vec<Op>) -> Result<(), Test
                         } => T::EFinal,
                         Outcome::Failed { .. } if attempts[i] >= MAX_ATTEMPTS => T::EFinal,
                         Outcome::Failed { .. } => T::ERetry,
-                        // the gateway never looked at it: no attempt used
-                        Outcome::Throttled { .. } => {
+                        // the gateway never looked at it: queued again,
+                        // no attempt used
+                        Outcome::Throttled { .. } | Outcome::Unauthorized { .. } => {
                             attempts[i] -= 1;
-                            T::ERetry
+                            T::Q
                         }
                     };
                 }

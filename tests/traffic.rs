@@ -649,11 +649,11 @@ async fn a_throttling_gateway_pauses_its_backend_without_using_up_attempts() {
     assert_eq!(
         db.scalar_i64(
             "SELECT count(*) FROM dbrouter.transmissions
-              WHERE status = 'E' AND attempts = 0 AND due_at > now()"
+              WHERE status = 'Q' AND attempts = 0 AND due_at > now()"
         )
         .await,
         3,
-        "throttled: retry later, no attempt used"
+        "throttled: queued again for later, no attempt used"
     );
     assert_eq!(
         db.scalar_i64(

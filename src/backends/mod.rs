@@ -7,6 +7,10 @@
 
 mod console;
 mod database;
+pub mod gateway;
+mod http;
+mod kannel;
+mod vumi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +21,9 @@ use sqlx::PgPool;
 
 pub use console::Console;
 pub use database::Database;
+pub use http::Http;
+pub use kannel::Kannel;
+pub use vumi::Vumi;
 
 /// One identity of a send call.
 #[derive(Debug, Clone)]
@@ -50,12 +57,16 @@ pub enum Outcome {
     /// Not sent. A permanent failure is not retried.
     Failed { error: String, permanent: bool },
     /// Not sent because the gateway asked us to slow down (HTTP 429 with
-    /// Retry-After): retried after `retry_after` without using up an
-    /// attempt, and the whole backend waits that long.
+    /// Retry-After): queued again for after `retry_after` without using up
+    /// an attempt, and the whole backend waits that long.
     Throttled {
         error: String,
         retry_after: Duration,
     },
+    /// Not sent because the gateway refused our credentials (HTTP 401/403):
+    /// queued again without using up an attempt, and the backend is paused
+    /// with this error as the reason until an operator resumes it.
+    Unauthorized { error: String },
 }
 
 impl Outcome {
@@ -77,11 +88,31 @@ impl Outcome {
             retry_after,
         }
     }
-    /// How long the gateway asked the backend to wait, if it did.
-    pub fn retry_after(&self) -> Option<Duration> {
+    /// When this transmission goes back to the queue without using up an
+    /// attempt: after this long.
+    pub fn requeue_after(&self) -> Option<Duration> {
+        match self {
+            Outcome::Throttled { retry_after, .. } => Some(*retry_after),
+            Outcome::Unauthorized { .. } => Some(Duration::ZERO),
+            _ => None,
+        }
+    }
+
+    /// How long the gateway asked the whole backend to wait, if it did.
+    pub fn throttle(&self) -> Option<Duration> {
         match self {
             Outcome::Throttled { retry_after, .. } => Some(*retry_after),
             _ => None,
+        }
+    }
+
+    /// The error, unless sent.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Sent { .. } => None,
+            Outcome::Failed { error, .. }
+            | Outcome::Throttled { error, .. }
+            | Outcome::Unauthorized { error } => Some(error),
         }
     }
 }
@@ -180,9 +211,12 @@ pub fn build(name: &str, engine: &str, config: &Value, pool: &PgPool) -> Result<
     let backend: Arc<dyn Backend> = match engine {
         "database" => Arc::new(Database::from_config(name, config, pool.clone())?),
         "console" => Arc::new(Console::new(name)),
+        "kannel" => Arc::new(Kannel::from_config(config, timeout)?),
+        "vumi" => Arc::new(Vumi::from_config(config, timeout)?),
+        "http" => Arc::new(Http::from_config(config, timeout)?),
         other => {
             return Err(format!(
-                "unknown engine {other:?}; the engines are database, console"
+                "unknown engine {other:?}; the engines are kannel, vumi, http, database, console"
             ))
         }
     };

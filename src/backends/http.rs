@@ -1,0 +1,321 @@
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::gateway::{self, Basic, InboundAuth};
+use super::{Backend, Outcome, SendError, SendRequest};
+
+/// A generic engine for the many HTTP SMS APIs.
+///
+/// Config (every field but `url` optional):
+/// ```json
+/// {"url": "https://api.example.com/v1/sms", "method": "POST",
+///  "headers": {"Authorization": "Bearer KEY"}, "basic": {"username": "u", "password": "p"},
+///  "query": {"from": "ACME"},
+///  "json": {"to": "{identities_list}", "body": "{text}", "ref": "{message_id}"},
+///  "form": {"to": "{identity}", "msg": "{text}"},
+///  "recipients": "one", "separator": ",", "gateway_id": "id",
+///  "inbound": {"secret": "s3cret"}, "timeout": "20s"}
+/// ```
+/// Templates (in `query`, `form`, `json` strings and `headers`):
+/// `{text}`, `{identity}` (with `"recipients": "many"`: all of the call's
+/// identities joined by `separator`), `{identities}` (the same, joined),
+/// `{message_id}`, `{transmission_id}` (one identity per call only) and, as
+/// a whole JSON string only, `{identities_list}` (a JSON array). One of
+/// `json` or `form` makes the body (none: no body). `recipients`: `one`
+/// call per identity (default) or `many` identities per call (up to 100).
+/// Success is any 2xx; other statuses follow the shared failure policy. The
+/// gateway's id is read from the top-level JSON field `gateway_id` names.
+pub struct Http {
+    config: Config,
+    url: reqwest::Url,
+    method: reqwest::Method,
+    client: reqwest::Client,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    url: String,
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    basic: Option<Basic>,
+    #[serde(default)]
+    query: BTreeMap<String, String>,
+    json: Option<Value>,
+    form: Option<BTreeMap<String, String>>,
+    recipients: Option<String>,
+    separator: Option<String>,
+    gateway_id: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    inbound: Option<InboundAuth>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    timeout: Option<String>,
+}
+
+const PLACEHOLDERS: &[&str] = &[
+    "text",
+    "identity",
+    "identities",
+    "message_id",
+    "transmission_id",
+    "identities_list",
+];
+const MAX_RECIPIENTS: usize = 100;
+
+/// The values a call's templates are filled with.
+struct Vars<'a> {
+    text: &'a str,
+    identities: Vec<&'a str>,
+    separator: &'a str,
+    message_id: i64,
+    transmission_id: Option<i64>,
+}
+
+impl Vars<'_> {
+    fn get(&self, name: &str) -> String {
+        match name {
+            "text" => self.text.to_string(),
+            "identity" | "identities" => self.identities.join(self.separator),
+            "message_id" => self.message_id.to_string(),
+            "transmission_id" => self
+                .transmission_id
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
+    fn fill(&self, template: &str) -> String {
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 1..];
+            match after.find('}') {
+                Some(end) if PLACEHOLDERS.contains(&&after[..end]) => {
+                    out.push_str(&self.get(&after[..end]));
+                    rest = &after[end + 1..];
+                }
+                _ => {
+                    out.push('{');
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn fill_json(&self, template: &Value) -> Value {
+        match template {
+            Value::String(s) if s == "{identities_list}" => Value::Array(
+                self.identities
+                    .iter()
+                    .map(|i| Value::String(i.to_string()))
+                    .collect(),
+            ),
+            Value::String(s) => Value::String(self.fill(s)),
+            Value::Array(a) => Value::Array(a.iter().map(|v| self.fill_json(v)).collect()),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), self.fill_json(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+}
+
+/// Every `{name}` in `s` must be a known placeholder.
+fn check_template(what: &str, s: &str) -> Result<(), String> {
+    let mut rest = s;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        if let Some(end) = after.find('}') {
+            let name = &after[..end];
+            if !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !PLACEHOLDERS.contains(&name)
+            {
+                return Err(format!(
+                    "{what}: unknown placeholder {{{name}}}; the placeholders are {}",
+                    PLACEHOLDERS.join(", ")
+                ));
+            }
+        }
+        rest = after;
+    }
+    Ok(())
+}
+
+fn check_json(what: &str, v: &Value) -> Result<(), String> {
+    match v {
+        Value::String(s) => check_template(what, s),
+        Value::Array(a) => a.iter().try_for_each(|v| check_json(what, v)),
+        Value::Object(o) => o.values().try_for_each(|v| check_json(what, v)),
+        _ => Ok(()),
+    }
+}
+
+impl Http {
+    pub fn from_config(
+        config: &Value,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Self, String> {
+        let config: Config = serde_json::from_value(config.clone())
+            .map_err(|e| format!("invalid config for the http engine: {e}"))?;
+        let url = gateway::parse_url("config.url", &config.url)?;
+        let method = config
+            .method
+            .as_deref()
+            .unwrap_or("POST")
+            .to_ascii_uppercase();
+        let method = match method.as_str() {
+            "GET" | "POST" | "PUT" => reqwest::Method::from_bytes(method.as_bytes())
+                .map_err(|e| format!("config.method: {e}"))?,
+            other => {
+                return Err(format!(
+                    "config.method must be GET, POST or PUT, not {other}"
+                ))
+            }
+        };
+        match config.recipients.as_deref() {
+            None | Some("one") | Some("many") => {}
+            Some(other) => {
+                return Err(format!(
+                    "config.recipients must be \"one\" or \"many\", not {other:?}"
+                ))
+            }
+        }
+        if config.json.is_some() && config.form.is_some() {
+            return Err("config: give json or form for the body, not both".into());
+        }
+        for (k, v) in config.query.iter().chain(&config.headers) {
+            check_template(&format!("config {k:?}"), v)?;
+        }
+        if let Some(form) = &config.form {
+            for (k, v) in form {
+                check_template(&format!("config.form.{k}"), v)?;
+            }
+        }
+        if let Some(j) = &config.json {
+            check_json("config.json", j)?;
+        }
+        Ok(Http {
+            client: gateway::client(timeout)?,
+            config,
+            url,
+            method,
+        })
+    }
+
+    fn many(&self) -> bool {
+        self.config.recipients.as_deref() == Some("many")
+    }
+
+    async fn call(&self, vars: Vars<'_>) -> Outcome {
+        let c = &self.config;
+        let query: Vec<(&String, String)> =
+            c.query.iter().map(|(k, v)| (k, vars.fill(v))).collect();
+        let mut request = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .query(&query);
+        for (k, v) in &c.headers {
+            request = request.header(k.as_str(), vars.fill(v));
+        }
+        if let Some(b) = &c.basic {
+            request = request.basic_auth(&b.username, Some(&b.password));
+        }
+        if let Some(j) = &c.json {
+            request = request.json(&vars.fill_json(j));
+        } else if let Some(form) = &c.form {
+            let form: Vec<(&String, String)> =
+                form.iter().map(|(k, v)| (k, vars.fill(v))).collect();
+            request = request.form(&form);
+        }
+        match gateway::send(request, &self.url).await {
+            Ok(body) => Outcome::Sent {
+                gateway_id: c.gateway_id.as_ref().and_then(|field| {
+                    let v: Value = serde_json::from_str(&body).ok()?;
+                    match v.get(field)? {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    }
+                }),
+            },
+            Err(o) => o,
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Http {
+    async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError> {
+        let separator = self.config.separator.as_deref().unwrap_or(",");
+        if self.many() {
+            let mut out = Vec::with_capacity(req.recipients.len());
+            for chunk in req.recipients.chunks(MAX_RECIPIENTS) {
+                let vars = Vars {
+                    text: &req.text,
+                    identities: chunk.iter().map(|r| r.identity.as_str()).collect(),
+                    separator,
+                    message_id: req.message_id,
+                    transmission_id: None,
+                };
+                let o = self.call(vars).await;
+                out.extend(std::iter::repeat_n(o, chunk.len()));
+            }
+            return Ok(out);
+        }
+        let calls: Vec<_> = req
+            .recipients
+            .iter()
+            .map(|r| {
+                self.call(Vars {
+                    text: &req.text,
+                    identities: vec![r.identity.as_str()],
+                    separator,
+                    message_id: req.message_id,
+                    transmission_id: Some(r.transmission_id),
+                })
+            })
+            .collect();
+        Ok(gateway::in_order(calls).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_and_unknown_placeholders_are_refused() {
+        let v = Vars {
+            text: "hi {there}",
+            identities: vec!["+1", "+2"],
+            separator: ";",
+            message_id: 7,
+            transmission_id: None,
+        };
+        assert_eq!(
+            v.fill("to={identities}&m={message_id}&t={text}"),
+            "to=+1;+2&m=7&t=hi {there}"
+        );
+        assert_eq!(
+            v.fill_json(&serde_json::json!({"to": "{identities_list}", "x": ["{text}", 3]})),
+            serde_json::json!({"to": ["+1", "+2"], "x": ["hi {there}", 3]})
+        );
+        assert!(check_template("q", "{txt}")
+            .unwrap_err()
+            .contains("unknown placeholder {txt}"));
+        assert!(check_template("q", "{\"a\": 1} {text}").is_ok());
+    }
+}

@@ -1,0 +1,144 @@
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::gateway::{self, InboundAuth};
+use super::{Backend, Outcome, SendError, SendRequest};
+
+/// Kannel's `sendsms` HTTP interface (a GET per call).
+///
+/// Config:
+/// ```json
+/// {"url": "http://kannel:13013/cgi-bin/sendsms", "username": "u", "password": "p",
+///  "from": "1234", "smsc": "vodacom", "charset": "UTF-8", "coding": 2,
+///  "params": {"priority": "1"},
+///  "dlr_url": "http://dbrouter:8080/kannel/sms/dlr?secret=s3cret", "dlr_mask": 31,
+///  "inbound": {"secret": "s3cret"}, "timeout": "20s"}
+/// ```
+/// With `dlr_url`, Kannel is asked for delivery reports: one call per
+/// identity, each with a `dlr-url` carrying its transmission id (`t=`) and
+/// Kannel's report type (`type=%d`), so every report matches exactly one
+/// transmission. Without it, one call carries up to 100 identities (Kannel
+/// sends to each number of a space-separated `to`).
+pub struct Kannel {
+    config: Config,
+    url: reqwest::Url,
+    client: reqwest::Client,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    from: Option<String>,
+    smsc: Option<String>,
+    charset: Option<String>,
+    coding: Option<u8>,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+    dlr_url: Option<String>,
+    dlr_mask: Option<u8>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    inbound: Option<InboundAuth>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    timeout: Option<String>,
+}
+
+/// Identities per call without delivery reports.
+const MAX_RECIPIENTS: usize = 100;
+
+impl Kannel {
+    pub fn from_config(
+        config: &Value,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Self, String> {
+        let config: Config = serde_json::from_value(config.clone())
+            .map_err(|e| format!("invalid config for the kannel engine: {e}"))?;
+        let url = gateway::parse_url("config.url", &config.url)?;
+        if let Some(d) = &config.dlr_url {
+            gateway::parse_url("config.dlr_url", d)?;
+        }
+        if let Some(c) = config.coding {
+            if c > 2 {
+                return Err(format!("config.coding must be 0, 1 or 2, got {c}"));
+            }
+        }
+        Ok(Kannel {
+            client: gateway::client(timeout)?,
+            config,
+            url,
+        })
+    }
+
+    /// Kannel's `dlr-url` for one transmission.
+    fn dlr_url(&self, base: &str, transmission_id: i64) -> String {
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}t={transmission_id}&type=%d")
+    }
+
+    async fn call(&self, to: &[&str], text: &str, dlr: Option<String>) -> Result<(), Outcome> {
+        let mut q: Vec<(&str, String)> = vec![("to", to.join(" ")), ("text", text.to_string())];
+        let c = &self.config;
+        for (k, v) in [
+            ("username", &c.username),
+            ("password", &c.password),
+            ("from", &c.from),
+            ("smsc", &c.smsc),
+            ("charset", &c.charset),
+        ] {
+            if let Some(v) = v {
+                q.push((k, v.clone()));
+            }
+        }
+        if let Some(coding) = c.coding {
+            q.push(("coding", coding.to_string()));
+        }
+        if let Some(dlr) = dlr {
+            q.push(("dlr-mask", c.dlr_mask.unwrap_or(31).to_string()));
+            q.push(("dlr-url", dlr));
+        }
+        for (k, v) in &c.params {
+            q.push((k.as_str(), v.clone()));
+        }
+        let request = self.client.get(self.url.clone()).query(&q);
+        gateway::send(request, &self.url).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Backend for Kannel {
+    async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError> {
+        let sent = || Outcome::Sent { gateway_id: None };
+        if let Some(base) = &self.config.dlr_url {
+            // One call per identity, several in flight, outcomes in order.
+            let calls: Vec<_> = req
+                .recipients
+                .iter()
+                .map(|r| async move {
+                    let dlr = self.dlr_url(base, r.transmission_id);
+                    match self.call(&[&r.identity], &req.text, Some(dlr)).await {
+                        Ok(()) => sent(),
+                        Err(o) => o,
+                    }
+                })
+                .collect();
+            return Ok(gateway::in_order(calls).await);
+        }
+        let mut out = Vec::with_capacity(req.recipients.len());
+        for chunk in req.recipients.chunks(MAX_RECIPIENTS) {
+            let to: Vec<&str> = chunk.iter().map(|r| r.identity.as_str()).collect();
+            let o = match self.call(&to, &req.text, None).await {
+                Ok(()) => sent(),
+                Err(o) => o,
+            };
+            out.extend(std::iter::repeat_n(o, chunk.len()));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,715 @@
+//! `dbrouter serve`: the HTTP receiver for gateways. Inbound messages in
+//! each gateway's own format become `dbrouter.inbox` rows; delivery reports
+//! become `dbrouter.receipts` rows, which workers apply in batches.
+//!
+//! Routes (`{backend}` is a backend's name; its engine must match):
+//! - `GET|POST /kannel/{backend}/receive` — Kannel `get-url`/`post-url`
+//!   (`sender`, `text`, optional `id`, `to`)
+//! - `GET /kannel/{backend}/dlr` — Kannel `dlr-url` (`t`, `type`)
+//! - `POST /vumi/{backend}/message` — a Vumi message (JSON)
+//! - `POST /vumi/{backend}/event` — a Vumi event (ack, nack, delivery_report)
+//! - `POST /http/{backend}/receive` — form or JSON `identity`, `text`, `external_id`
+//! - `POST /http/{backend}/report` — form or JSON `transmission_id` or
+//!   `gateway_id`, `status` (delivered, failed, buffered), `detail`
+//! - `GET /healthz` — 200 when the database answers, 503 otherwise
+//!
+//! Every gateway route needs the backend's `config.inbound`: a `secret`
+//! (query `secret=` or header `X-Dbrouter-Secret`) or `basic` auth. A
+//! request is answered only after its row is committed; concurrent requests
+//! are committed together (one INSERT per ~2 ms group), so the receiver is
+//! not capped at one commit per request. Bad or unauthenticated requests
+//! get a 4xx naming the problem and write nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::backends::gateway::InboundAuth;
+
+/// Largest request body accepted.
+const BODY_LIMIT: usize = 64 * 1024;
+/// How long a group waits for more requests before it is committed.
+const GROUP_WINDOW: Duration = Duration::from_millis(2);
+/// Most rows per group.
+const GROUP_MAX: usize = 500;
+/// How long the backend table is cached.
+const BACKENDS_TTL: Duration = Duration::from_secs(2);
+
+/// A request's failure, as its HTTP answer.
+#[derive(Debug)]
+pub struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Refusal {
+    Refusal(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// One inbox row.
+#[derive(Debug, Clone)]
+struct Inbound {
+    backend: String,
+    identity: String,
+    text: String,
+    external_id: Option<String>,
+    fields: Value,
+}
+
+/// One receipts row.
+#[derive(Debug, Clone)]
+struct Receipt {
+    backend_id: i32,
+    transmission_id: Option<i64>,
+    gateway_id: Option<String>,
+    outcome: &'static str,
+    detail: Option<String>,
+}
+
+/// The backends by name, as last read.
+type Backends = Arc<HashMap<String, BackendInfo>>;
+
+#[derive(Clone)]
+struct BackendInfo {
+    id: i32,
+    engine: String,
+    auth: Option<InboundAuth>,
+}
+
+struct AppState {
+    pool: PgPool,
+    backends: Mutex<Option<(Instant, Backends)>>,
+    inbound: mpsc::Sender<(Inbound, oneshot::Sender<Result<(), Refusal>>)>,
+    receipts: mpsc::Sender<(Receipt, oneshot::Sender<Result<(), Refusal>>)>,
+}
+
+/// The router, with its group committers running on `pool`.
+pub fn router(pool: PgPool) -> Router {
+    let (inbound, inbound_rx) = mpsc::channel(10_000);
+    let (receipts, receipts_rx) = mpsc::channel(10_000);
+    tokio::spawn(group_commit(pool.clone(), inbound_rx, write_inbound));
+    tokio::spawn(group_commit(pool.clone(), receipts_rx, write_receipts));
+    let state = Arc::new(AppState {
+        pool,
+        backends: Mutex::new(None),
+        inbound,
+        receipts,
+    });
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/kannel/{backend}/receive",
+            get(kannel_receive_get).post(kannel_receive_post),
+        )
+        .route("/kannel/{backend}/dlr", get(kannel_dlr))
+        .route("/vumi/{backend}/message", post(vumi_message))
+        .route("/vumi/{backend}/event", post(vumi_event))
+        .route("/http/{backend}/receive", post(http_receive))
+        .route("/http/{backend}/report", post(http_report))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown` resolves.
+pub async fn serve(
+    pool: PgPool,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(pool))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz(State(st): State<Arc<AppState>>) -> Response {
+    match sqlx::query("SELECT 1").execute(&st.pool).await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unreachable: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backends and authentication.
+// ---------------------------------------------------------------------------
+
+impl AppState {
+    async fn backends(&self) -> Result<Backends, Refusal> {
+        let mut cache = self.backends.lock().await;
+        if let Some((at, map)) = cache.as_ref() {
+            if at.elapsed() < BACKENDS_TTL {
+                return Ok(map.clone());
+            }
+        }
+        let rows: Vec<(i32, String, String, Value)> =
+            sqlx::query_as("SELECT id, name, engine, config FROM dbrouter.backends")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        let map: HashMap<String, BackendInfo> = rows
+            .into_iter()
+            .map(|(id, name, engine, config)| {
+                let auth = config
+                    .get("inbound")
+                    .and_then(|v| serde_json::from_value::<InboundAuth>(v.clone()).ok());
+                (name, BackendInfo { id, engine, auth })
+            })
+            .collect();
+        let map = Arc::new(map);
+        *cache = Some((Instant::now(), map.clone()));
+        Ok(map)
+    }
+
+    /// The backend named in the path, if its engine is `engine` and the
+    /// request carries its inbound credentials.
+    async fn authorize(
+        &self,
+        name: &str,
+        engine: &str,
+        headers: &HeaderMap,
+        query_secret: Option<&str>,
+    ) -> Result<BackendInfo, Refusal> {
+        let backends = self.backends().await?;
+        let Some(b) = backends.get(name).filter(|b| b.engine == engine) else {
+            return Err(Refusal(
+                StatusCode::NOT_FOUND,
+                format!("no {engine} backend named {name:?}"),
+            ));
+        };
+        let Some(auth) = b
+            .auth
+            .as_ref()
+            .filter(|a| a.secret.is_some() || a.basic.is_some())
+        else {
+            return Err(Refusal(
+                StatusCode::FORBIDDEN,
+                format!("backend {name:?} accepts nothing: set config.inbound.secret (or config.inbound.basic)"),
+            ));
+        };
+        let given_secret = headers
+            .get("x-dbrouter-secret")
+            .and_then(|v| v.to_str().ok())
+            .or(query_secret);
+        let secret_ok = match (&auth.secret, given_secret) {
+            (Some(want), Some(got)) => same(want.as_bytes(), got.as_bytes()),
+            _ => false,
+        };
+        let basic_ok = match (&auth.basic, basic_credentials(headers)) {
+            (Some(want), Some((user, pass))) => {
+                same(want.username.as_bytes(), user.as_bytes())
+                    & same(want.password.as_bytes(), pass.as_bytes())
+            }
+            _ => false,
+        };
+        if secret_ok || basic_ok {
+            Ok(b.clone())
+        } else {
+            Err(Refusal(
+                StatusCode::UNAUTHORIZED,
+                format!("wrong or missing credentials for backend {name:?}"),
+            ))
+        }
+    }
+}
+
+/// Constant-time comparison.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = v.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+fn unavailable(e: sqlx::Error) -> Refusal {
+    tracing::warn!(error = %e, "database error in serve");
+    Refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the database is not reachable; retry later".into(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Group commit.
+// ---------------------------------------------------------------------------
+
+type Reply = oneshot::Sender<Result<(), Refusal>>;
+
+/// Collect rows for up to GROUP_WINDOW (or GROUP_MAX rows), write them with
+/// one statement, answer every request after the commit. When the database
+/// refuses the group for something in it, each row is written alone, so only
+/// the bad one is refused.
+async fn group_commit<T, F, Fut>(pool: PgPool, mut rx: mpsc::Receiver<(T, Reply)>, write: F)
+where
+    T: Clone + Send + 'static,
+    F: Fn(PgPool, Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
+{
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        let deadline = tokio::time::Instant::now() + GROUP_WINDOW;
+        while group.len() < GROUP_MAX {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(item)) => group.push(item),
+                _ => break,
+            }
+        }
+        let rows: Vec<T> = group.iter().map(|(r, _)| r.clone()).collect();
+        match write(pool.clone(), rows).await {
+            Ok(()) => {
+                for (_, reply) in group {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) if group.len() > 1 && !crate::db::is_transient(&e) => {
+                for (row, reply) in group {
+                    let r = write(pool.clone(), vec![row]).await.map_err(refusal);
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let transient = crate::db::is_transient(&e);
+                for (_, reply) in group {
+                    let _ = reply.send(Err(if transient {
+                        Refusal(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the database is not reachable; retry later".into(),
+                        )
+                    } else {
+                        bad(msg.clone())
+                    }));
+                }
+            }
+        }
+    }
+}
+
+fn refusal(e: sqlx::Error) -> Refusal {
+    if crate::db::is_transient(&e) {
+        return unavailable(e);
+    }
+    match &e {
+        sqlx::Error::Database(db) => bad(db.message().to_string()),
+        _ => unavailable(e),
+    }
+}
+
+async fn write_inbound(pool: PgPool, rows: Vec<Inbound>) -> Result<(), sqlx::Error> {
+    let mut backend = Vec::with_capacity(rows.len());
+    let mut identity = Vec::with_capacity(rows.len());
+    let mut text = Vec::with_capacity(rows.len());
+    let mut external_id = Vec::with_capacity(rows.len());
+    let mut fields = Vec::with_capacity(rows.len());
+    for r in rows {
+        backend.push(r.backend);
+        identity.push(r.identity);
+        text.push(r.text);
+        external_id.push(r.external_id);
+        fields.push(r.fields);
+    }
+    sqlx::query(include_str!("../sql/serve_inbox.sql"))
+        .bind(&backend)
+        .bind(&identity)
+        .bind(&text)
+        .bind(&external_id)
+        .bind(&fields)
+        .execute(&pool)
+        .await?;
+    Ok(())
+}
+
+async fn write_receipts(pool: PgPool, rows: Vec<Receipt>) -> Result<(), sqlx::Error> {
+    let backend_id: Vec<i32> = rows.iter().map(|r| r.backend_id).collect();
+    let transmission_id: Vec<Option<i64>> = rows.iter().map(|r| r.transmission_id).collect();
+    let gateway_id: Vec<Option<String>> = rows.iter().map(|r| r.gateway_id.clone()).collect();
+    let outcome: Vec<&str> = rows.iter().map(|r| r.outcome).collect();
+    let detail: Vec<Option<String>> = rows.iter().map(|r| r.detail.clone()).collect();
+    sqlx::query(include_str!("../sql/serve_receipts.sql"))
+        .bind(&backend_id)
+        .bind(&transmission_id)
+        .bind(&gateway_id)
+        .bind(&outcome)
+        .bind(&detail)
+        .execute(&pool)
+        .await?;
+    Ok(())
+}
+
+impl AppState {
+    async fn enqueue(&self, row: Inbound) -> Result<(), Refusal> {
+        if row.identity.trim().is_empty() {
+            return Err(bad("the sender is missing or empty"));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inbound
+            .send((row, tx))
+            .await
+            .map_err(|_| Refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
+        rx.await
+            .map_err(|_| Refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?
+    }
+
+    async fn record(&self, row: Receipt) -> Result<(), Refusal> {
+        let (tx, rx) = oneshot::channel();
+        self.receipts
+            .send((row, tx))
+            .await
+            .map_err(|_| Refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
+        rx.await
+            .map_err(|_| Refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Kannel.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct KannelMessage {
+    sender: Option<String>,
+    text: Option<String>,
+    id: Option<String>,
+    to: Option<String>,
+    secret: Option<String>,
+}
+
+async fn kannel_receive(
+    st: &AppState,
+    backend: &str,
+    headers: &HeaderMap,
+    m: KannelMessage,
+) -> Result<Response, Refusal> {
+    st.authorize(backend, "kannel", headers, m.secret.as_deref())
+        .await?;
+    let sender = m
+        .sender
+        .ok_or_else(|| bad("sender is missing (get-url: sender=%p)"))?;
+    let text = m
+        .text
+        .ok_or_else(|| bad("text is missing (get-url: text=%a)"))?;
+    let mut fields = serde_json::Map::new();
+    if let Some(to) = m.to {
+        fields.insert("to".into(), Value::String(to));
+    }
+    st.enqueue(Inbound {
+        backend: backend.to_string(),
+        identity: sender,
+        text,
+        external_id: m.id.filter(|s| !s.is_empty()),
+        fields: Value::Object(fields),
+    })
+    .await?;
+    // An empty body: Kannel would text a body back to the sender.
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn kannel_receive_get(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    Query(m): Query<KannelMessage>,
+) -> Result<Response, Refusal> {
+    kannel_receive(&st, &backend, &headers, m).await
+}
+
+async fn kannel_receive_post(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    // Kannel's post-url sends the text as the body, the rest as headers or
+    // query parameters.
+    let text = String::from_utf8(body.to_vec()).map_err(|_| bad("the body is not UTF-8"))?;
+    let m = KannelMessage {
+        sender: q.get("sender").cloned(),
+        text: Some(text),
+        id: q.get("id").cloned(),
+        to: q.get("to").cloned(),
+        secret: q.get("secret").cloned(),
+    };
+    kannel_receive(&st, &backend, &headers, m).await
+}
+
+#[derive(Debug, Deserialize)]
+struct KannelDlr {
+    t: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    answer: Option<String>,
+    secret: Option<String>,
+}
+
+async fn kannel_dlr(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    Query(d): Query<KannelDlr>,
+) -> Result<Response, Refusal> {
+    let b = st
+        .authorize(&backend, "kannel", &headers, d.secret.as_deref())
+        .await?;
+    let tid: i64 =
+        d.t.as_deref()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| bad("t (the transmission id) is missing or not a number"))?;
+    let kind: u32 = d
+        .kind
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| bad("type (Kannel's %d) is missing or not a number"))?;
+    // Kannel's report types: 1 delivered, 2 failed, 4 buffered, 8 accepted
+    // by the SMSC, 16 rejected by the SMSC.
+    let outcome = match kind {
+        1 => "D",
+        2 | 16 => "E",
+        4 | 8 => "B",
+        other => return Err(bad(format!("unknown Kannel report type {other}"))),
+    };
+    st.record(Receipt {
+        backend_id: b.id,
+        transmission_id: Some(tid),
+        gateway_id: None,
+        outcome,
+        detail: d.answer.filter(|a| !a.is_empty()),
+    })
+    .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+// ---------------------------------------------------------------------------
+// Vumi.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct Secret {
+    secret: Option<String>,
+}
+
+fn json_body(body: &Bytes) -> Result<Value, Refusal> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(bad("the body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+fn text_field(v: &Value, name: &str) -> Option<String> {
+    match v.get(name)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+async fn vumi_message(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    Query(s): Query<Secret>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    st.authorize(&backend, "vumi", &headers, s.secret.as_deref())
+        .await?;
+    let v = json_body(&body)?;
+    let from = text_field(&v, "from_addr").ok_or_else(|| bad("from_addr is missing"))?;
+    let content = match v.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        _ => return Err(bad("content must be a string")),
+    };
+    let mut fields = serde_json::Map::new();
+    for k in [
+        "to_addr",
+        "transport_name",
+        "transport_type",
+        "session_event",
+    ] {
+        if let Some(x) = v.get(k).filter(|x| !x.is_null()) {
+            fields.insert(k.into(), x.clone());
+        }
+    }
+    st.enqueue(Inbound {
+        backend,
+        identity: from,
+        text: content,
+        external_id: text_field(&v, "message_id"),
+        fields: Value::Object(fields),
+    })
+    .await?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response())
+}
+
+async fn vumi_event(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    Query(s): Query<Secret>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let b = st
+        .authorize(&backend, "vumi", &headers, s.secret.as_deref())
+        .await?;
+    let v = json_body(&body)?;
+    let id = text_field(&v, "user_message_id").ok_or_else(|| bad("user_message_id is missing"))?;
+    let kind = text_field(&v, "event_type").unwrap_or_default();
+    let (outcome, detail) = match kind.as_str() {
+        "ack" => ("B", None),
+        "nack" => ("E", text_field(&v, "nack_reason")),
+        "delivery_report" => match text_field(&v, "delivery_status").as_deref() {
+            Some("delivered") => ("D", None),
+            Some("failed") => ("E", Some("delivery_report: failed".to_string())),
+            Some("pending") => ("B", None),
+            other => return Err(bad(format!("unknown delivery_status {other:?}"))),
+        },
+        other => return Err(bad(format!("unknown event_type {other:?}"))),
+    };
+    st.record(Receipt {
+        backend_id: b.id,
+        transmission_id: None,
+        gateway_id: Some(id),
+        outcome,
+        detail,
+    })
+    .await?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response())
+}
+
+// ---------------------------------------------------------------------------
+// The generic engine's endpoints: form or JSON.
+// ---------------------------------------------------------------------------
+
+/// A form or JSON body as string fields.
+fn fields_of(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, Refusal> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        let v = json_body(body)?;
+        let mut out = HashMap::new();
+        if let Value::Object(o) = &v {
+            for k in o.keys() {
+                if let Some(s) = text_field(&v, k) {
+                    out.insert(k.clone(), s);
+                }
+            }
+        }
+        Ok(out)
+    } else {
+        serde_urlencoded::from_bytes(body).map_err(|e| bad(format!("the form is malformed: {e}")))
+    }
+}
+
+async fn http_receive(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    Query(s): Query<Secret>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    st.authorize(&backend, "http", &headers, s.secret.as_deref())
+        .await?;
+    let f = fields_of(&headers, &body)?;
+    let identity = f
+        .get("identity")
+        .cloned()
+        .ok_or_else(|| bad("identity is missing"))?;
+    let text = f
+        .get("text")
+        .cloned()
+        .ok_or_else(|| bad("text is missing"))?;
+    st.enqueue(Inbound {
+        backend,
+        identity,
+        text,
+        external_id: f.get("external_id").cloned().filter(|s| !s.is_empty()),
+        fields: Value::Object(serde_json::Map::new()),
+    })
+    .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn http_report(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    Query(s): Query<Secret>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let b = st
+        .authorize(&backend, "http", &headers, s.secret.as_deref())
+        .await?;
+    let f = fields_of(&headers, &body)?;
+    let transmission_id = match f.get("transmission_id") {
+        Some(t) => Some(
+            t.parse::<i64>()
+                .map_err(|_| bad("transmission_id is not a number"))?,
+        ),
+        None => None,
+    };
+    let gateway_id = f.get("gateway_id").cloned();
+    if transmission_id.is_none() && gateway_id.is_none() {
+        return Err(bad("give transmission_id or gateway_id"));
+    }
+    let outcome = match f.get("status").map(String::as_str) {
+        Some("delivered") => "D",
+        Some("failed") => "E",
+        Some("buffered") | Some("pending") | Some("accepted") => "B",
+        other => {
+            return Err(bad(format!(
+                "status must be delivered, failed or buffered, not {other:?}"
+            )))
+        }
+    };
+    st.record(Receipt {
+        backend_id: b.id,
+        transmission_id,
+        gateway_id,
+        outcome,
+        detail: f.get("detail").cloned(),
+    })
+    .await?;
+    Ok(StatusCode::OK.into_response())
+}
