@@ -46,6 +46,8 @@ enum Answer {
 
 #[derive(Default)]
 struct Gw {
+    /// Answers chosen by a substring of the body (before the script).
+    rules: Mutex<Vec<(String, Answer)>>,
     seen: Mutex<Vec<Seen>>,
     script: Mutex<VecDeque<Answer>>,
     otherwise: Mutex<Option<Answer>>,
@@ -58,6 +60,14 @@ async fn gateway_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let body_text = String::from_utf8_lossy(&body).to_string();
+    let ruled = gw
+        .rules
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| body_text.contains(k.as_str()))
+        .map(|(_, a)| a.clone());
     let query = uri
         .query()
         .map(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap())
@@ -69,11 +79,8 @@ async fn gateway_handler(
         headers,
         body: String::from_utf8_lossy(&body).to_string(),
     });
-    let answer = gw
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
+    let answer = ruled
+        .or_else(|| gw.script.lock().unwrap().pop_front())
         .or_else(|| gw.otherwise.lock().unwrap().clone())
         .unwrap_or(Answer::Status(
             202,
@@ -685,5 +692,62 @@ async fn fifty_concurrent_clients_are_committed_in_groups() {
         "{transactions} commits for {} messages: requests were not grouped",
         50 * per_client
     );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn per_identity_calls_fail_alone_and_a_2xx_can_still_be_a_failure() {
+    let db = TestDb::new().await;
+    let (gw, addr) = stand_in().await;
+    db.backend(
+        "h",
+        "http",
+        json!({"url": format!("http://{addr}/sms"), "form": {"to": "{identity}", "msg": "{text}"},
+               "success_contains": "\"ok\""}),
+        None,
+    )
+    .await;
+    // one call per identity (several in flight): +1 accepted, +2 refused
+    // for good, +3 answered 200 with an error in the body
+    gw.rules.lock().unwrap().extend([
+        (
+            "to=%2B1".to_string(),
+            Answer::Status(200, vec![], r#"{"status": "ok"}"#.into()),
+        ),
+        (
+            "to=%2B2".to_string(),
+            Answer::Status(400, vec![], "invalid number".into()),
+        ),
+        (
+            "to=%2B3".to_string(),
+            Answer::Status(200, vec![], r#"{"status": "error"}"#.into()),
+        ),
+    ]);
+    db.broadcast("h", &["+1".into(), "+2".into(), "+3".into()], "hi")
+        .await;
+    let mut cfg = test_config();
+    cfg.max_attempts = 1;
+    let worker = db.worker(cfg).await;
+    worker.drain().await.unwrap();
+    let mut forms: Vec<String> = gw
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.body.clone())
+        .collect();
+    forms.sort();
+    assert_eq!(
+        forms,
+        ["msg=hi&to=%2B1", "msg=hi&to=%2B2", "msg=hi&to=%2B3"]
+    );
+    let url = format!("http://{addr}/sms");
+    assert_eq!(
+        status_of(&db).await,
+        format!(
+            "S,E:HTTP 400 from {url}: invalid number,E:{url} answered 2xx without \"\\\"ok\\\"\": {{\"status\": \"error\"}}"
+        )
+    );
+    db.assert_counters_consistent().await;
     db.drop().await;
 }

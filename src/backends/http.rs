@@ -26,8 +26,10 @@ use super::{Backend, Outcome, SendError, SendRequest};
 /// a whole JSON string only, `{identities_list}` (a JSON array). One of
 /// `json` or `form` makes the body (none: no body). `recipients`: `one`
 /// call per identity (default) or `many` identities per call (up to 100).
-/// Success is any 2xx; other statuses follow the shared failure policy. The
-/// gateway's id is read from the top-level JSON field `gateway_id` names.
+/// Success is a 2xx whose body contains `success_contains` (when set: some
+/// APIs answer 200 with an error in the body; such an answer is a retryable
+/// failure); other statuses follow the shared failure policy. The gateway's
+/// id is read from the top-level JSON field `gateway_id` names.
 pub struct Http {
     config: Config,
     url: reqwest::Url,
@@ -50,6 +52,7 @@ struct Config {
     recipients: Option<String>,
     separator: Option<String>,
     gateway_id: Option<String>,
+    success_contains: Option<String>,
     #[serde(default)]
     #[allow(dead_code)]
     inbound: Option<InboundAuth>,
@@ -241,6 +244,18 @@ impl Http {
             request = request.form(&form);
         }
         match gateway::send(request, &self.url).await {
+            Ok(body)
+                if c.success_contains
+                    .as_ref()
+                    .is_some_and(|want| !body.contains(want.as_str())) =>
+            {
+                let excerpt: String = body.trim().chars().take(200).collect();
+                Outcome::retryable(format!(
+                    "{} answered 2xx without {:?}: {excerpt}",
+                    gateway::shown(&self.url),
+                    c.success_contains.as_deref().unwrap_or_default()
+                ))
+            }
             Ok(body) => Outcome::Sent {
                 gateway_id: c.gateway_id.as_ref().and_then(|field| {
                     let v: Value = serde_json::from_str(&body).ok()?;
