@@ -3,11 +3,13 @@
 //! Each of `--concurrency` lanes loops: one inbound batch, then one outbound
 //! batch per enabled backend (starting at a different backend each pass, so
 //! one busy backend does not always go first). After a pass in which some
-//! batch came back full, the lane goes again at once; otherwise it waits for
-//! a notification (LISTEN on channel `dbrouter`) or the poll interval,
-//! whichever comes first. Notifications can be lost while the listener is
-//! reconnecting, so the poll is the safety net, and after every reconnect the
-//! lanes are woken to look. A rate-limited or throttled backend makes the
+//! batch came back full, the lane goes again at once and wakes one more lane;
+//! otherwise it waits for a wake-up or the poll interval, whichever comes
+//! first. A notification (LISTEN on channel `dbrouter`) wakes one lane, so
+//! the lanes at work grow with the backlog rather than every lane racing for
+//! every insert. Notifications can be lost while the listener is
+//! reconnecting, so the poll is the safety net, and after every reconnect
+//! (and every configuration change) all lanes are woken to look. A rate-limited or throttled backend makes the
 //! lane wait only until its next token (or the end of the Retry-After).
 //!
 //! About once a second each worker also sweeps expired and cancelled
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::{watch, Mutex, RwLock};
+use tokio::sync::{Mutex, Notify, RwLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +44,7 @@ pub struct Worker {
     backends: RwLock<Arc<Vec<BackendEntry>>>,
     loaded_at: Mutex<Instant>,
     config_dirty: AtomicBool,
-    wake: watch::Sender<u64>,
+    wake: Notify,
     next_backend: AtomicUsize,
     swept_at: Mutex<Option<Instant>>,
 }
@@ -68,7 +70,6 @@ impl Worker {
     pub async fn new(pool: PgPool, cfg: WorkerConfig, pipeline: Pipeline) -> Result<Arc<Self>> {
         cfg.validate()?;
         let backends = registry::load(&pool, &cfg, &[]).await?;
-        let (wake, _) = watch::channel(0);
         Ok(Arc::new(Worker {
             pool,
             cfg,
@@ -76,7 +77,7 @@ impl Worker {
             backends: RwLock::new(Arc::new(backends)),
             loaded_at: Mutex::new(Instant::now()),
             config_dirty: AtomicBool::new(false),
-            wake,
+            wake: Notify::new(),
             next_backend: AtomicUsize::new(0),
             swept_at: Mutex::new(None),
         }))
@@ -233,19 +234,29 @@ impl Worker {
         }
     }
 
+    /// Every lane looks (after a reconnect or a configuration change).
     fn wake_lanes(&self) {
-        self.wake.send_modify(|g| *g = g.wrapping_add(1));
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    /// One more lane looks: a notification is one enqueue, and a lane that
+    /// finds a full batch recruits the next, so the lanes at work follow the
+    /// backlog instead of every lane of every process racing for each
+    /// insert (which cost CPU in skipped locked rows).
+    fn wake_one(&self) {
+        self.wake.notify_one();
     }
 
     async fn lane(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut wake = self.wake.subscribe();
         let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
-            wake.borrow_and_update();
             let wait = match self.work_once().await {
                 Ok(pass) => {
                     failures = 0;
                     if pass.full {
+                        // More is waiting: bring in another lane, go again.
+                        self.wake_one();
                         continue;
                     }
                     pass.wait
@@ -259,7 +270,7 @@ impl Worker {
                 }
             };
             tokio::select! {
-                _ = wake.changed(), if failures == 0 => {}
+                _ = self.wake.notified(), if failures == 0 => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => break,
             }
@@ -299,8 +310,10 @@ impl Worker {
                         Ok(Some(n)) => {
                             if n.payload() == "config" {
                                 self.config_dirty.store(true, Ordering::Release);
+                                self.wake_lanes();
+                            } else {
+                                self.wake_one();
                             }
-                            self.wake_lanes();
                         }
                         Ok(None) => {
                             tracing::warn!("listener connection lost; reconnected");
