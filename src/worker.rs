@@ -91,6 +91,7 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<()> {
         let listener =
             (!self.cfg.poll_only).then(|| tokio::spawn(self.clone().listen(shutdown.clone())));
+        let housekeeping = tokio::spawn(self.clone().housekeeping(shutdown.clone()));
         let lanes: Vec<_> = (0..self.cfg.concurrency)
             .map(|_| tokio::spawn(self.clone().lane(shutdown.clone())))
             .collect();
@@ -102,13 +103,29 @@ impl Worker {
         if let Some(l) = listener {
             l.abort();
         }
+        housekeeping.abort();
         Ok(())
+    }
+
+    /// Expiry sweep and delivery reports, off the lanes' path (so a message
+    /// never waits behind them), about once a second.
+    async fn housekeeping(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.sweep_expired().await {
+                tracing::warn!(error = %e, "housekeeping failed; will retry");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Process until a pass finds no due work (used by tests and `--exit-when-idle`).
     pub async fn drain(&self) -> Result<usize> {
         let mut total = 0;
         loop {
+            self.sweep_expired().await?;
             let pass = self.work_once().await?;
             total += pass.claimed;
             if pass.claimed == 0 {
@@ -120,7 +137,6 @@ impl Worker {
     /// One inbound batch, then one outbound batch per enabled backend.
     pub async fn work_once(&self) -> Result<Pass> {
         self.refresh_backends().await?;
-        self.sweep_expired().await?;
         let mut pass = Pass::default();
         let backends = self.backends.read().await.clone();
         let send_now: HashSet<i32> = backends
