@@ -751,3 +751,70 @@ async fn per_identity_calls_fail_alone_and_a_2xx_can_still_be_a_failure() {
     db.assert_counters_consistent().await;
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broadcasts_thousands_of_reports_roll_up_to_delivered() {
+    let db = TestDb::new().await;
+    let (_gw, addr) = stand_in().await;
+    let base = receiver(&db).await;
+    db.backend(
+        "sms",
+        "kannel",
+        json!({"url": format!("http://{addr}/cgi-bin/sendsms"),
+               "dlr_url": format!("{base}/kannel/sms/dlr?secret=s3"),
+               "inbound": {"secret": "s3"}}),
+        None,
+    )
+    .await;
+    let n = 2000;
+    let identities: Vec<String> = (0..n).map(|i| format!("+2557{i:08}")).collect();
+    let msg = db.broadcast("sms", &identities, "big news").await;
+    let worker = db.worker(test_config()).await;
+    worker.drain().await.unwrap();
+    let ids: Vec<(i64,)> = sqlx::query_as("SELECT id FROM dbrouter.transmissions ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    // 50 clients post every report twice (a "buffered" then a "delivered"),
+    // in no particular order, all for one message.
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for chunk in ids.chunks(n / 50) {
+        let client = client.clone();
+        let base = base.clone();
+        let chunk: Vec<i64> = chunk.iter().map(|(i,)| *i).collect();
+        tasks.push(tokio::spawn(async move {
+            for kind in [4, 1] {
+                for id in &chunk {
+                    let r = client
+                        .get(format!(
+                            "{base}/kannel/sms/dlr?secret=s3&t={id}&type={kind}"
+                        ))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wait_until("every report is applied", LONG, || async {
+        worker.drain().await.unwrap();
+        db.scalar_i64("SELECT count(*) FROM dbrouter.receipts")
+            .await
+            == 0
+    })
+    .await;
+    assert_eq!(
+        db.scalar_str(&format!(
+            "SELECT status || '/' || n_delivered || '/' || (delivered_at IS NOT NULL) FROM dbrouter.messages WHERE id = {msg}"
+        ))
+        .await,
+        format!("D/{n}/true")
+    );
+    db.assert_counters_consistent().await;
+    db.drop().await;
+}
