@@ -818,3 +818,114 @@ async fn a_broadcasts_thousands_of_reports_roll_up_to_delivered() {
     db.assert_counters_consistent().await;
     db.drop().await;
 }
+
+/// `dbrouter serve` as its own process on `port`.
+fn spawn_serve(url: &str, port: u16) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dbrouter"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", url)
+        .env("DBROUTER_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn dbrouter serve")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_killed_mid_load_loses_nothing_and_retries_duplicate_nothing() {
+    let db = TestDb::new().await;
+    db.backend(
+        "h",
+        "http",
+        json!({"url": "http://127.0.0.1:9/", "inbound": {"secret": "s3"}}),
+        None,
+    )
+    .await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let up = |client: reqwest::Client, base: String| async move {
+        wait_until("serve answers /healthz", LONG, || {
+            let client = client.clone();
+            let base = base.clone();
+            async move {
+                matches!(client.get(format!("{base}/healthz")).send().await, Ok(r) if r.status() == 200)
+            }
+        })
+        .await;
+    };
+    let mut serve = spawn_serve(&db.url, port);
+    up(client.clone(), base.clone()).await;
+
+    // 20 gateways' worth of clients, each message retried until a 200, as a
+    // gateway does; every retry carries the same gateway id.
+    let per_client = 50;
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for c in 0..20 {
+        let client = client.clone();
+        let base = base.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_client {
+                let id = format!("{c}-{i}");
+                loop {
+                    let r = client
+                        .post(format!("{base}/http/h/receive"))
+                        .header("x-dbrouter-secret", "s3")
+                        .form(&[
+                            ("identity", format!("+2557{c:04}")),
+                            ("text", id.clone()),
+                            ("external_id", id.clone()),
+                        ])
+                        .send()
+                        .await;
+                    if matches!(&r, Ok(r) if r.status() == 200) {
+                        acked.lock().unwrap().push(id);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    // Kill the receiver (no goodbye) once some messages are in, then start
+    // a new one on the same port.
+    wait_until("some messages are in", LONG, || async {
+        db.scalar_i64("SELECT count(*) FROM dbrouter.messages")
+            .await
+            >= 200
+    })
+    .await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let mut serve = spawn_serve(&db.url, port);
+    up(client.clone(), base.clone()).await;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 20 * per_client);
+    // every acknowledged message is there, once
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.messages")
+            .await,
+        20 * per_client as i64
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(DISTINCT external_id) FROM dbrouter.messages WHERE external_id = text"
+        )
+        .await,
+        20 * per_client as i64
+    );
+    db.drop().await;
+}
