@@ -448,14 +448,20 @@ async fn kannel_receive_post(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    // Kannel's post-url sends the text as the body, the rest as headers or
-    // query parameters.
+    // Kannel's post-url sends the text as the body and the sender in the
+    // X-Kannel-From header (or put them in the URL like get-url).
     let text = String::from_utf8(body.to_vec()).map_err(|_| bad("the body is not UTF-8"))?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let m = KannelMessage {
-        sender: q.get("sender").cloned(),
+        sender: q.get("sender").cloned().or_else(|| header("x-kannel-from")),
         text: Some(text),
         id: q.get("id").cloned(),
-        to: q.get("to").cloned(),
+        to: q.get("to").cloned().or_else(|| header("x-kannel-to")),
         secret: q.get("secret").cloned(),
     };
     kannel_receive(&st, &backend, &headers, m).await

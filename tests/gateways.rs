@@ -929,3 +929,35 @@ async fn a_receiver_killed_mid_load_loses_nothing_and_retries_duplicate_nothing(
     );
     db.drop().await;
 }
+
+#[tokio::test]
+async fn kannel_post_url_takes_the_text_from_the_body_and_the_sender_from_its_header() {
+    let db = TestDb::new().await;
+    let base = receiver(&db).await;
+    db.backend(
+        "sms",
+        "kannel",
+        json!({"url": "http://127.0.0.1:9/", "inbound": {"secret": "s3"}}),
+        None,
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("{base}/kannel/sms/receive?secret=s3&id=kan-2"))
+        .header("X-Kannel-From", "+255700000002")
+        .header("X-Kannel-To", "15015")
+        .body("posted text")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        db.scalar_str(
+            "SELECT c.identity || '|' || m.text || '|' || m.external_id || '|' || (m.fields->>'to')
+               FROM dbrouter.messages m JOIN dbrouter.transmissions t ON t.message_id = m.id
+               JOIN dbrouter.connections c ON c.id = t.connection_id"
+        )
+        .await,
+        "+255700000002|posted text|kan-2|15015"
+    );
+    db.drop().await;
+}
