@@ -194,10 +194,11 @@ impl AppState {
                 format!("no {engine} backend named {name:?}"),
             ));
         };
+        // An empty secret would let anyone in: it counts as none.
         let Some(auth) = b
             .auth
             .as_ref()
-            .filter(|a| a.secret.is_some() || a.basic.is_some())
+            .filter(|a| a.secret.as_deref().is_some_and(|s| !s.is_empty()) || a.basic.is_some())
         else {
             return Err(Refusal(
                 StatusCode::FORBIDDEN,
@@ -209,7 +210,7 @@ impl AppState {
             .and_then(|v| v.to_str().ok())
             .or(query_secret);
         let secret_ok = match (&auth.secret, given_secret) {
-            (Some(want), Some(got)) => same(want.as_bytes(), got.as_bytes()),
+            (Some(want), Some(got)) if !want.is_empty() => same(want.as_bytes(), got.as_bytes()),
             _ => false,
         };
         let basic_ok = match (&auth.basic, basic_credentials(headers)) {

@@ -961,3 +961,30 @@ async fn kannel_post_url_takes_the_text_from_the_body_and_the_sender_from_its_he
     );
     db.drop().await;
 }
+
+#[tokio::test]
+async fn an_empty_inbound_secret_lets_nobody_in() {
+    let db = TestDb::new().await;
+    let base = receiver(&db).await;
+    db.backend(
+        "blank",
+        "kannel",
+        json!({"url": "http://127.0.0.1:9/", "inbound": {"secret": ""}}),
+        None,
+    )
+    .await;
+    for url in [
+        format!("{base}/kannel/blank/receive?secret=&sender=1&text=x"),
+        format!("{base}/kannel/blank/receive?sender=1&text=x"),
+    ] {
+        let (code, body) = get(&url).await;
+        assert_eq!(code, 403, "{body}");
+        assert!(body.contains("set config.inbound.secret"), "{body}");
+    }
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.messages")
+            .await,
+        0
+    );
+    db.drop().await;
+}
