@@ -73,6 +73,29 @@ ALTER TABLE dbrouter.transmissions
     ADD COLUMN priority smallint NOT NULL DEFAULT 0,
     ADD COLUMN expires_at timestamptz;
 
+-- A failure that did not use up an attempt: the gateway asked us to wait
+-- (throttled) or refused our credentials; the transmission went back to Q.
+ALTER TABLE dbrouter.attempts
+    ADD COLUMN requeued boolean NOT NULL DEFAULT false;
+
+CREATE OR REPLACE VIEW dbrouter.recent_errors AS
+SELECT a.failed_at,
+       b.name AS backend,
+       c.identity,
+       m.direction,
+       t.message_id,
+       a.transmission_id,
+       a.attempt,
+       a.final,
+       a.error,
+       a.requeued
+  FROM (SELECT * FROM dbrouter.attempts ORDER BY id DESC LIMIT 100) a
+  JOIN dbrouter.transmissions t ON t.id = a.transmission_id
+  JOIN dbrouter.messages m ON m.id = t.message_id
+  JOIN dbrouter.connections c ON c.id = t.connection_id
+  JOIN dbrouter.backends b ON b.id = t.backend_id
+ ORDER BY a.id DESC;
+
 -- The outbound claim's index: highest priority first, then oldest due, for
 -- rows still in flight only.
 DROP INDEX dbrouter.transmissions_in_flight;

@@ -46,8 +46,8 @@ WITH outcome AS (
     RETURNING t.id, t.message_id, t.attempts + (o.retry_after IS NOT NULL)::integer AS attempt,
               t.status, t.due_at, o.error
 ), history AS (
-    INSERT INTO dbrouter.attempts (transmission_id, attempt, error, final)
-    SELECT id, attempt, coalesce(error, 'unknown error'), due_at IS NULL
+    INSERT INTO dbrouter.attempts (transmission_id, attempt, error, final, requeued)
+    SELECT id, attempt, coalesce(error, 'unknown error'), due_at IS NULL, status = 'Q'
       FROM done WHERE status IN ('E', 'Q')  -- Q here: requeued after a refusal
 ), deltas AS (
     SELECT message_id,

@@ -2,7 +2,9 @@
 //!
 //! Pushes a mixed load (inbound messages answered by apps, broadcasts, a
 //! backend that fails some sends, one that hangs past its timeout, one that
-//! refuses some identities for good) through several `dbrouter worker`
+//! refuses some identities for good, and an `http` engine backend in front of
+//! a stand-in gateway that answers some calls 503 or 429) through several
+//! `dbrouter worker`
 //! processes while killing, stopping and disconnecting them and restarting
 //! PostgreSQL. Then it waits for the queues to settle and checks that nothing
 //! was lost, nothing is stuck, and duplicates stay within what the README
@@ -204,6 +206,68 @@ struct Figures {
     unexpected_exits: usize,
 }
 
+/// A stand-in HTTP gateway for the `gateway` backend (the `http` engine):
+/// about 10 % of calls get a 503, 3 % a 429 with Retry-After 1; the rest are
+/// recorded in `dbrouter.database_backend_sends` (so the drill's checks see
+/// them like the `database` engine's) before a 200. When the record cannot
+/// be written (the database is restarting) the call gets a 503.
+async fn stand_in_gateway(args: &Args) -> Result<std::net::SocketAddr> {
+    use axum::extract::{Form, State};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use std::collections::HashMap;
+
+    async fn send(
+        State(pool): State<PgPool>,
+        Form(f): Form<HashMap<String, String>>,
+    ) -> axum::response::Response {
+        let roll: f64 = rand::random();
+        if roll < 0.10 {
+            return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+        }
+        if roll < 0.13 {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "1")],
+                "slow down",
+            )
+                .into_response();
+        }
+        let num = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok());
+        let (Some(t), Some(m)) = (num("t"), num("m")) else {
+            return (StatusCode::BAD_REQUEST, "t and m are required").into_response();
+        };
+        let recorded = sqlx::query(
+            "INSERT INTO dbrouter.database_backend_sends
+                    (call_id, batch, backend, message_id, transmission_id, identity, text, attempt)
+             VALUES (nextval('dbrouter.database_backend_calls'), 0, 'gateway', $1, $2, $3, $4, 0)",
+        )
+        .bind(m)
+        .bind(t)
+        .bind(f.get("to").cloned().unwrap_or_default())
+        .bind(f.get("text").cloned().unwrap_or_default())
+        .execute(&pool)
+        .await;
+        match recorded {
+            Ok(_) => (StatusCode::OK, "accepted").into_response(),
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "cannot record").into_response(),
+        }
+    }
+
+    let pool = dbrouter::db::connect_lazy(&args.database_url, 8)?;
+    let app = axum::Router::new()
+        .route("/send", axum::routing::post(send))
+        .with_state(pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("chaos: the stand-in gateway stopped: {e}");
+        }
+    });
+    Ok(addr)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -211,6 +275,23 @@ async fn main() -> Result<()> {
         .await
         .context("cannot connect to the drill's database")?;
     dbrouter::db::migrate(&pool).await?;
+    let gateway = stand_in_gateway(&args).await?;
+    sqlx::query(
+        "INSERT INTO dbrouter.backends (name, engine, config) VALUES ('gateway', 'http', $1)
+         ON CONFLICT (name) DO UPDATE SET engine = EXCLUDED.engine, config = EXCLUDED.config",
+    )
+    .bind(serde_json::json!({
+        "url": format!("http://{gateway}/send"),
+        "form": {"t": "{transmission_id}", "m": "{message_id}", "to": "{identity}", "text": "{text}"},
+        "timeout": "1s",
+    }))
+    .execute(&pool)
+    .await?;
+    let names: Vec<&str> = BACKENDS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(["gateway"])
+        .collect();
     for (name, config) in BACKENDS {
         sqlx::query(
             "INSERT INTO dbrouter.backends (name, engine, config) VALUES ($1, 'database', $2::jsonb)
@@ -253,7 +334,7 @@ async fn main() -> Result<()> {
         let mut sql = String::from("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ");
         for i in 0..args.inbound_per_tick {
             seq += 1;
-            let backend = BACKENDS[rng.gen_range(0..BACKENDS.len())].0;
+            let backend = names[rng.gen_range(0..names.len())];
             let text = format!("echo c{}-{seq}", args.seed);
             if i > 0 {
                 sql.push(',');
@@ -273,7 +354,7 @@ async fn main() -> Result<()> {
         }
         if Instant::now() >= next_broadcast {
             next_broadcast = Instant::now() + jitter(&mut rng, Duration::from_secs(3));
-            let backend = BACKENDS[rng.gen_range(0..BACKENDS.len())].0;
+            let backend = names[rng.gen_range(0..names.len())];
             let ids: Vec<String> = (0..args.broadcast_size)
                 .map(|i| format!("+{}", 7000 + i))
                 .collect();
@@ -662,12 +743,29 @@ async fn check(
         "more failures recorded than attempts",
         "transmissions",
         "SELECT t.id FROM dbrouter.transmissions t
-          WHERE (SELECT count(*) FROM dbrouter.attempts a WHERE a.transmission_id = t.id) > t.attempts",
+          WHERE (SELECT count(*) FROM dbrouter.attempts a
+                  WHERE a.transmission_id = t.id AND NOT a.requeued) > t.attempts",
     )
     .await?;
     r.info(
         "failed attempts recorded",
         count(pool, "SELECT count(*) FROM dbrouter.attempts").await?,
+    );
+    r.info(
+        "sends accepted by the stand-in HTTP gateway",
+        count(
+            pool,
+            "SELECT count(*) FROM dbrouter.database_backend_sends WHERE backend = 'gateway'",
+        )
+        .await?,
+    );
+    r.info(
+        "HTTP 503/429 answers recorded as failed attempts",
+        count(
+            pool,
+            "SELECT count(*) FROM dbrouter.attempts WHERE error LIKE 'HTTP 503%' OR error LIKE 'HTTP 429%'",
+        )
+        .await?,
     );
     r.none(
         pool,
