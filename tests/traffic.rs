@@ -37,6 +37,7 @@ async fn rate_limit_holds_across_three_worker_processes_and_spares_other_backend
     db.backend("fast", "database", json!({}), None).await;
     const RATE: f64 = 25.0;
     const BURST: i64 = 5;
+    const SLACK: f64 = 1.0;
     db.exec(&format!(
         "UPDATE dbrouter.backends SET rate_limit = {RATE}, rate_burst = {BURST} WHERE name = 'limited'"
     ))
@@ -71,8 +72,10 @@ async fn rate_limit_holds_across_three_worker_processes_and_spares_other_backend
     }
 
     // Every window of consecutive sends holds at most the burst plus the
-    // rate times its length (plus one batch of slack: tokens are taken at
-    // claim time, sends recorded a moment later).
+    // rate times its length, with one second of slack: tokens are taken at
+    // claim time and sends recorded a moment later, and on a loaded machine
+    // a worker can stall in between (without a limiter, all 150 go out in
+    // a fraction of a second and break this by over 100).
     let times: Vec<(f64,)> = sqlx::query_as(
         "SELECT extract(epoch FROM sent_at)::float8 FROM dbrouter.database_backend_sends
           WHERE backend = 'limited' ORDER BY sent_at",
@@ -84,7 +87,7 @@ async fn rate_limit_holds_across_three_worker_processes_and_spares_other_backend
     let mut worst = 0.0_f64;
     for i in 0..times.len() {
         for j in i..times.len() {
-            let allowed = 2.0 * BURST as f64 + RATE * (times[j].0 - times[i].0);
+            let allowed = BURST as f64 + RATE * (times[j].0 - times[i].0 + SLACK);
             worst = worst.max((j - i + 1) as f64 - allowed);
         }
     }
@@ -93,9 +96,9 @@ async fn rate_limit_holds_across_three_worker_processes_and_spares_other_backend
         "a window held {worst:.1} sends more than the limit allows"
     );
     let span = times[n - 1].0 - times[0].0;
-    let rate = (n as f64 - BURST as f64) / span;
+    let rate = (n as f64 - BURST as f64 - RATE * SLACK) / span;
     assert!(
-        rate <= RATE * 1.1,
+        rate <= RATE,
         "overall {rate:.1}/s over {span:.2}s exceeds the limit of {RATE}/s"
     );
 
