@@ -393,14 +393,14 @@ async fn nothing_goes_out_before_send_at() {
     let worker = db.worker(test_config()).await;
     let (msg,): (i64,) = sqlx::query_as(
         "SELECT dbrouter.broadcast('sim', ARRAY['+255700000001', '+255700000002'], 'later',
-                                   send_at => now() + interval '500 ms')",
+                                   send_at => now() + interval '2 s')",
     )
     .fetch_one(&db.pool)
     .await
     .unwrap();
     db.exec(
         "INSERT INTO dbrouter.outbox (backend, identity, text, send_at)
-         VALUES ('sim', '+255700000003', 'later too', now() + interval '500 ms')",
+         VALUES ('sim', '+255700000003', 'later too', now() + interval '2 s')",
     )
     .await;
     assert_eq!(worker.drain().await.unwrap(), 0, "nothing is due yet");
