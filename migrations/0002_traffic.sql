@@ -214,58 +214,8 @@ RETURNS timestamptz LANGUAGE sql STABLE AS $$
                     + CASE WHEN is_reply THEN b.expire_replies_after ELSE b.expire_after END)
 $$;
 
--- ---------------------------------------------------------------------------
--- dbrouter.inbox: identities normalised per backend.
--- ---------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION dbrouter.inbox_drain() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    problem text;
-BEGIN
-    SELECT p INTO problem
-      FROM (SELECT coalesce(
-                       dbrouter.enqueue_problem(n.backend, b.id IS NOT NULL, n.identity, n.text,
-                                                b.number_format, b.country_code),
-                       CASE WHEN n.fields IS NOT NULL AND jsonb_typeof(n.fields) <> 'object'
-                            THEN format('fields must be a JSON object, got %s', jsonb_typeof(n.fields)) END) AS p
-              FROM new_rows n LEFT JOIN dbrouter.backends b ON b.name = n.backend) x
-     WHERE p IS NOT NULL
-     LIMIT 1;
-    IF problem IS NOT NULL THEN
-        PERFORM dbrouter.raise_enqueue_problem('dbrouter.inbox', problem);
-    END IF;
-
-    -- Sorted, so two transactions adding the same new connections take their
-    -- unique-index locks in the same order and cannot deadlock.
-    INSERT INTO dbrouter.connections (backend_id, identity)
-    SELECT DISTINCT b.id, dbrouter.normalize_identity(n.identity, b.number_format, b.country_code)
-      FROM new_rows n JOIN dbrouter.backends b ON b.name = n.backend
-     ORDER BY 1, 2
-    ON CONFLICT DO NOTHING;
-
-    -- Message ids follow the order of the inserted rows, so messages of one
-    -- sender are processed in the order they were enqueued.
-    WITH src AS MATERIALIZED (
-        SELECT nextval('dbrouter.messages_id_seq') AS mid, s.*
-          FROM (SELECT c.id AS cid, c.backend_id, n.text, n.external_id,
-                       coalesce(n.fields, '{}') AS fields
-                  FROM (SELECT *, row_number() OVER () AS rn FROM new_rows) n
-                  JOIN dbrouter.backends b ON b.name = n.backend
-                  JOIN dbrouter.connections c
-                    ON c.backend_id = b.id
-                   AND c.identity = dbrouter.normalize_identity(n.identity, b.number_format, b.country_code)
-                 ORDER BY n.rn) s
-    ), msg AS (
-        INSERT INTO dbrouter.messages (id, direction, status, text, external_id, fields, n_total)
-        SELECT mid, 'I', 'Q', text, external_id, fields, 1 FROM src
-    )
-    INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status)
-    SELECT mid, cid, backend_id, 'Q' FROM src;
-
-    DELETE FROM dbrouter.inbox;
-    PERFORM pg_notify('dbrouter', '');
-    RETURN NULL;
-END
-$$;
+-- dbrouter.inbox normalises identities too: its trigger function is
+-- replaced once, with that and gateway de-duplication, in 0003_gateways.sql.
 
 -- ---------------------------------------------------------------------------
 -- dbrouter.outbox: new optional columns. Rows of opted-out identities become

@@ -14,6 +14,8 @@ CREATE TABLE dbrouter.received_ids (
 );
 CREATE INDEX received_ids_message ON dbrouter.received_ids (message_id);
 
+-- The inbox trigger, now with identities normalised per backend (0002) and
+-- gateway ids de-duplicated.
 CREATE OR REPLACE FUNCTION dbrouter.inbox_drain() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     problem text;

@@ -346,25 +346,20 @@ async fn finish_chunk(
             Outcome::Sent { gateway_id } => {
                 sent.push(true);
                 gateway_ids.push(gateway_id.clone());
-                errors.push(None);
-                permanent.push(false);
             }
-            Outcome::Failed {
-                error,
-                permanent: p,
-            } => {
+            _ => {
                 sent.push(false);
                 gateway_ids.push(None);
-                errors.push(Some(error.clone()));
-                permanent.push(*p);
-            }
-            Outcome::Throttled { error, .. } | Outcome::Unauthorized { error } => {
-                sent.push(false);
-                gateway_ids.push(None);
-                errors.push(Some(error.clone()));
-                permanent.push(false);
             }
         }
+        errors.push(o.error().map(str::to_string));
+        permanent.push(matches!(
+            o,
+            Outcome::Failed {
+                permanent: true,
+                ..
+            }
+        ));
     }
     let columns = Columns {
         ids: &ids,

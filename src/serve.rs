@@ -252,6 +252,10 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 
 fn unavailable(e: sqlx::Error) -> Refusal {
     tracing::warn!(error = %e, "database error in serve");
+    database_down()
+}
+
+fn database_down() -> Refusal {
     Refusal(
         StatusCode::SERVICE_UNAVAILABLE,
         "the database is not reachable; retry later".into(),
@@ -297,14 +301,14 @@ where
                 }
             }
             Err(e) => {
-                let msg = e.to_string();
                 let transient = crate::db::is_transient(&e);
+                let msg = match &e {
+                    sqlx::Error::Database(db) => db.message().to_string(),
+                    _ => e.to_string(),
+                };
                 for (_, reply) in group {
                     let _ = reply.send(Err(if transient {
-                        Refusal(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the database is not reachable; retry later".into(),
-                        )
+                        database_down()
                     } else {
                         bad(msg.clone())
                     }));
@@ -370,24 +374,23 @@ impl AppState {
         if row.identity.trim().is_empty() {
             return Err(bad("the sender is missing or empty"));
         }
-        let (tx, rx) = oneshot::channel();
-        self.inbound
-            .send((row, tx))
-            .await
-            .map_err(|_| Refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
-        rx.await
-            .map_err(|_| Refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?
+        submit(&self.inbound, row).await
     }
 
     async fn record(&self, row: Receipt) -> Result<(), Refusal> {
-        let (tx, rx) = oneshot::channel();
-        self.receipts
-            .send((row, tx))
-            .await
-            .map_err(|_| Refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
-        rx.await
-            .map_err(|_| Refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?
+        submit(&self.receipts, row).await
     }
+}
+
+/// Hand a row to its group committer and wait for the commit's answer.
+async fn submit<T>(committer: &mpsc::Sender<(T, Reply)>, row: T) -> Result<(), Refusal> {
+    let shutting_down = || Refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
+    let (tx, rx) = oneshot::channel();
+    committer
+        .send((row, tx))
+        .await
+        .map_err(|_| shutting_down())?;
+    rx.await.map_err(|_| shutting_down())?
 }
 
 // ---------------------------------------------------------------------------

@@ -192,40 +192,42 @@ impl Worker {
             }
             *at = Some(Instant::now());
         }
-        // A burst of expiries (an outage's backlog) is cleared in a few
-        // statements; anything left waits for the next sweep.
-        for _ in 0..10 {
-            let mut conn = Conn::acquire(&self.pool).await?;
-            let (n,): (i32,) = sqlx::query_as(include_str!("../sql/expire_due.sql"))
-                .persistent(crate::db::prepared())
-                .bind(SWEEP_LIMIT)
-                .fetch_one(conn.get())
-                .await?;
-            conn.done().await?;
-            if n > 0 {
-                tracing::info!(n, "ended expired or cancelled transmissions");
-            }
-            if n < SWEEP_LIMIT {
-                break;
-            }
+        let expired = self
+            .in_batches(include_str!("../sql/expire_due.sql"))
+            .await?;
+        if expired > 0 {
+            tracing::info!(n = expired, "ended expired or cancelled transmissions");
         }
         // Delivery reports `dbrouter serve` recorded.
+        let applied = self
+            .in_batches(include_str!("../sql/apply_receipts.sql"))
+            .await?;
+        if applied > 0 {
+            tracing::debug!(n = applied, "applied delivery reports");
+        }
+        Ok(())
+    }
+
+    /// Run `sql` (taking a batch limit, returning how many it handled)
+    /// until a batch comes back short: a burst (an outage's backlog) is
+    /// cleared in a few statements; anything past ten waits for the next
+    /// round. Returns the total.
+    async fn in_batches(&self, sql: &'static str) -> Result<i64> {
+        let mut total = 0;
         for _ in 0..10 {
             let mut conn = Conn::acquire(&self.pool).await?;
-            let (n,): (i32,) = sqlx::query_as(include_str!("../sql/apply_receipts.sql"))
+            let (n,): (i32,) = sqlx::query_as(sql)
                 .persistent(crate::db::prepared())
                 .bind(SWEEP_LIMIT)
                 .fetch_one(conn.get())
                 .await?;
             conn.done().await?;
-            if n > 0 {
-                tracing::debug!(n, "applied delivery reports");
-            }
+            total += i64::from(n);
             if n < SWEEP_LIMIT {
                 break;
             }
         }
-        Ok(())
+        Ok(total)
     }
 
     async fn refresh_backends(&self) -> Result<()> {
