@@ -347,12 +347,14 @@ async fn the_failure_policy_retries_fails_throttles_and_pauses() {
         "{status}"
     );
     db.exec("SELECT dbrouter.resume_backend('g')").await;
-    worker.drain().await.unwrap();
-    assert_eq!(
+    // (a worker notices the resume when it next reloads the backends)
+    wait_until("the resumed backend sends", LONG, || async {
+        worker.drain().await.unwrap();
         db.scalar_str("SELECT status::text FROM dbrouter.transmissions")
-            .await,
-        "S"
-    );
+            .await
+            == "S"
+    })
+    .await;
     // nobody listening
     db.exec("UPDATE dbrouter.backends SET config = '{\"url\": \"http://127.0.0.1:9/send\"}'")
         .await;

@@ -251,7 +251,17 @@ async fn pause_keeps_messages_queued_until_resume() {
     );
 
     db.exec("SELECT dbrouter.resume_backend('sim')").await;
-    assert_eq!(worker.drain().await.unwrap(), 10);
+    // (a worker that saw the pause notices the resume at its next reload)
+    wait_until("the resumed backend sends", Duration::from_secs(60), || {
+        let worker = worker.clone();
+        async move { worker.drain().await.unwrap() == 10 }
+    })
+    .await;
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.database_backend_sends")
+            .await,
+        10
+    );
     assert_eq!(
         db.scalar_str(&format!(
             "SELECT status::text FROM dbrouter.messages WHERE id = {msg}"
