@@ -259,6 +259,12 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Long-running commands stop gracefully on SIGTERM/SIGINT; watch from
+    // the first instruction after parsing, before any connection is made.
+    let shutdown = match cli.command {
+        Command::Worker(_) | Command::Serve { .. } => stop_on_signal()?,
+        _ => CancellationToken::new(),
+    };
     let connect = |n: u32| {
         let url = cli.database_url.clone();
         async move {
@@ -285,8 +291,6 @@ async fn main() -> Result<()> {
                 default_reply: args.default_reply.clone(),
             };
             let pipeline = Pipeline::from_names(&args.apps, &pool, &settings)?;
-            let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
             let Some(worker) = start_worker(pool, cfg, pipeline, &shutdown).await? else {
                 return Ok(());
             };
@@ -309,8 +313,6 @@ async fn main() -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {listen}; is it in use?"))?;
             tracing::info!(address = %listen, "receiving from gateways");
-            let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
             dbrouter::serve::serve(pool, listener, async move { shutdown.cancelled().await })
                 .await
                 .context("the HTTP receiver failed")?;
@@ -473,22 +475,23 @@ async fn start_worker(
     }
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// Watch SIGTERM and SIGINT; the token is cancelled on the first of them.
+/// The handlers are installed before this returns (not in a task that runs
+/// later), so a signal that arrives while the worker is still connecting
+/// is a graceful stop too, not the default "die at once".
+fn stop_on_signal() -> Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    tracing::info!("shutting down: finishing in-flight batches");
-    shutdown.cancel();
+        tracing::info!("shutting down: finishing in-flight batches");
+        token.cancel();
+    });
+    Ok(shutdown)
 }

@@ -151,6 +151,41 @@ impl Workers {
         Ok(())
     }
 
+    /// Wait until worker `i` has installed its SIGTERM handler (bit 14 of
+    /// SigCgt in /proc/<pid>/status), so a SIGTERM tests the graceful stop
+    /// and not the default action on a process that has only just started.
+    async fn wait_handles_term(&mut self, i: usize, limit: Duration) -> Result<()> {
+        let path = format!("/proc/{}/status", self.children[i].id());
+        let start = Instant::now();
+        loop {
+            if self.children[i].try_wait()?.is_some() {
+                return Ok(()); // exited already; wait_exit reports how
+            }
+            let status = std::fs::read_to_string(&path).unwrap_or_default();
+            let caught = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                .is_some_and(|mask| mask & (1 << (15 - 1)) != 0);
+            if caught {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "worker {} did not install its SIGTERM handler within {limit:?}",
+                    self.children[i].id()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// SIGTERM worker `i` once it handles SIGTERM.
+    async fn terminate(&mut self, i: usize) -> Result<()> {
+        self.wait_handles_term(i, Duration::from_secs(10)).await?;
+        self.signal(i, "TERM")
+    }
+
     async fn wait_exit(&mut self, i: usize, limit: Duration) -> Result<std::process::ExitStatus> {
         let start = Instant::now();
         loop {
@@ -406,7 +441,7 @@ async fn main() -> Result<()> {
     let settled = settle(&pool, &mut workers, &mut figures, args.settle).await?;
     figures.settle_secs = settle_start.elapsed().as_secs_f64();
     for i in 0..workers.children.len() {
-        workers.signal(i, "TERM")?;
+        workers.terminate(i).await?;
     }
     for i in 0..workers.children.len() {
         let status = workers.wait_exit(i, Duration::from_secs(30)).await?;
@@ -453,7 +488,7 @@ async fn inject(
             workers.restart(w)?;
         }
         1 => {
-            workers.signal(w, "TERM")?;
+            workers.terminate(w).await?;
             // In-flight batches finish: at most a send timeout plus a commit.
             let status = workers.wait_exit(w, Duration::from_secs(30)).await?;
             if !status.success() {
