@@ -101,3 +101,50 @@ async fn an_outcome_the_database_refuses_ends_that_transmission_e_alone() {
     );
     db.drop().await;
 }
+
+/// Transmissions are checked once per statement (not by per-row foreign
+/// keys); the rules still hold for hand-written SQL.
+#[tokio::test]
+async fn references_are_enforced_for_hand_written_sql() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.exec("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('gw', '+1', 'ping')")
+        .await;
+    let refused = |sql: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let e = sqlx::query(sql).execute(&pool).await.unwrap_err();
+            let db_err = e.as_database_error().expect("a database error").to_owned();
+            assert_eq!(db_err.code().as_deref(), Some("23503"), "{sql}: {e}");
+            db_err.message().to_string()
+        }
+    };
+    let m = refused(
+        "INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id)
+         SELECT 999999, id, backend_id FROM dbrouter.connections",
+    )
+    .await;
+    assert!(m.contains("message 999999, which does not exist"), "{m}");
+    let m = refused(
+        "INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id)
+         SELECT id, 888888, 1 FROM dbrouter.messages",
+    )
+    .await;
+    assert!(m.contains("connection 888888"), "{m}");
+    let m =
+        refused("INSERT INTO dbrouter.connections (backend_id, identity) VALUES (777, '+2')").await;
+    assert!(m.contains("backend 777"), "{m}");
+    let m = refused("DELETE FROM dbrouter.messages").await;
+    assert!(m.contains("transmissions still refer to it"), "{m}");
+    let m = refused("DELETE FROM dbrouter.connections").await;
+    assert!(m.contains("transmissions still refer to it"), "{m}");
+    let m = refused("UPDATE dbrouter.transmissions SET message_id = message_id").await;
+    assert!(m.contains("cannot be changed"), "{m}");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.transmissions")
+            .await,
+        1,
+        "nothing written by the refused statements"
+    );
+    db.drop().await;
+}

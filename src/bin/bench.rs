@@ -534,17 +534,27 @@ async fn bound_claim(args: &Args) -> Result<f64> {
 
 async fn bound_copy(args: &Args) -> Result<f64> {
     let (pool, _) = fresh_db(args, "copy").await?;
-    sqlx::raw_sql("CREATE TABLE bench_copy (a bigint, b text, c text)")
-        .execute(&pool)
-        .await?;
-    let mut data = String::with_capacity(100_000 * 40);
+    // The rows a broadcast must write at the least: one queue row per
+    // identity, with its key and due time (no router, no other index).
+    sqlx::raw_sql(
+        "CREATE TABLE bench_copy (
+             id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+             message_id bigint NOT NULL,
+             identity   text NOT NULL,
+             status     char(1) NOT NULL DEFAULT 'Q',
+             due_at     timestamptz DEFAULT now(),
+             created_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&pool)
+    .await?;
+    let mut data = String::with_capacity(100_000 * 24);
     for i in 0..100_000u64 {
-        data.push_str(&format!("{i}\t+{}\techo {i}\n", 255_700_000_000u64 + i));
+        data.push_str(&format!("1\t+{}\n", 255_700_000_000u64 + i));
     }
     let mut conn = pool.acquire().await?;
     let start = Instant::now();
     let mut copy = conn
-        .copy_in_raw("COPY bench_copy (a, b, c) FROM STDIN")
+        .copy_in_raw("COPY bench_copy (message_id, identity) FROM STDIN")
         .await?;
     copy.send(data.into_bytes()).await?;
     let n = copy.finish().await?;
