@@ -12,7 +12,8 @@
 --
 -- $1 lease token, $2 transmission ids, $3 sent?, $4 gateway ids, $5 errors,
 -- $6 permanent?, $7 max attempts, $8 backoff base (s), $9 backoff cap (s),
--- $10 retry-after seconds (NULL unless throttled).
+-- $10 retry-after seconds (NULL unless throttled), $11 the backend's name
+-- when its engine is `database` recording with the outcome (else NULL).
 --
 -- Fenced: only rows still P under this batch's lease token are touched, so a
 -- worker whose lease expired (and whose rows another worker re-claimed)
@@ -43,12 +44,30 @@ WITH outcome AS (
            updated_at = now()
       FROM outcome o
      WHERE t.id = o.id AND t.lease_token = $1 AND t.status = 'P'
-    RETURNING t.id, t.message_id, t.attempts + (o.retry_after IS NOT NULL)::integer AS attempt,
+    RETURNING t.id, t.message_id, t.connection_id, t.attempts + (o.retry_after IS NOT NULL)::integer AS attempt,
               t.status, t.due_at, o.error
 ), history AS (
     INSERT INTO dbrouter.attempts (transmission_id, attempt, error, final, requeued)
     SELECT id, attempt, coalesce(error, 'unknown error'), due_at IS NULL, status = 'Q'
       FROM done WHERE status IN ('E', 'Q')  -- Q here: requeued after a refusal
+), calls AS (
+    -- The `database` engine's send (backends/database.rs), written here so
+    -- it commits with the S it records: exactly once, never for a row this
+    -- batch no longer owns. One call id per message, as with a gateway.
+    SELECT message_id, nextval('dbrouter.database_backend_calls') AS call_id
+      FROM (SELECT DISTINCT message_id FROM done WHERE $11::text IS NOT NULL AND status = 'S') s
+), recorded AS (
+    INSERT INTO dbrouter.database_backend_sends
+           (call_id, batch, backend, message_id, text, in_response_to, reply_to_external_id,
+            transmission_id, identity, attempt)
+    SELECT calls.call_id, $1, $11, d.message_id, m.text, m.in_response_to, orig.external_id,
+           d.id, c.identity, d.attempt
+      FROM done d
+      JOIN calls ON calls.message_id = d.message_id
+      JOIN dbrouter.messages m ON m.id = d.message_id
+      JOIN dbrouter.connections c ON c.id = d.connection_id
+      LEFT JOIN dbrouter.messages orig ON orig.id = m.in_response_to
+     WHERE d.status = 'S'
 ), deltas AS (
     SELECT message_id,
            count(*) FILTER (WHERE status = 'S')::integer AS sent,

@@ -287,17 +287,21 @@ fn group_by_message(claimed: &[Claimed]) -> Vec<Vec<Claimed>> {
 /// still this batch's to record. Retries transient errors until `give_up`.
 /// When the database refuses the batch for what is in it, the batch is split
 /// until the transmission at fault is found, and that one is ended E alone.
+///
+/// `record_as` is the backend's name when its engine's sends are written by
+/// this statement ([`crate::backends::Backend::recorded_with_outcome`]).
 pub async fn finish(
     pool: &PgPool,
     cfg: &WorkerConfig,
     token: i64,
     outcomes: &[(i64, Outcome)],
+    record_as: Option<&str>,
     give_up: Instant,
 ) -> Result<u64> {
     let mut pending = vec![outcomes];
     let mut recorded = 0;
     while let Some(chunk) = pending.pop() {
-        match finish_chunk(pool, cfg, token, chunk, give_up).await {
+        match finish_chunk(pool, cfg, token, chunk, record_as, give_up).await {
             Ok(n) => recorded += n,
             Err(e) if matches!(e, sqlx::Error::Database(_)) && !is_transient(&e) => {
                 if let [(id, _)] = chunk {
@@ -331,6 +335,7 @@ async fn finish_chunk(
     cfg: &WorkerConfig,
     token: i64,
     outcomes: &[(i64, Outcome)],
+    record_as: Option<&str>,
     give_up: Instant,
 ) -> std::result::Result<u64, sqlx::Error> {
     let mut ids = Vec::with_capacity(outcomes.len());
@@ -368,6 +373,7 @@ async fn finish_chunk(
         errors: &errors,
         permanent: &permanent,
         retry_after: &retry_after,
+        record_as,
     };
     let mut pause = Duration::from_millis(100);
     loop {
@@ -392,6 +398,7 @@ struct Columns<'a> {
     errors: &'a [Option<String>],
     permanent: &'a [bool],
     retry_after: &'a [Option<f64>],
+    record_as: Option<&'a str>,
 }
 
 async fn record_outcomes(
@@ -413,6 +420,7 @@ async fn record_outcomes(
         .bind(cfg.retry_backoff.as_secs_f64())
         .bind(cfg.max_backoff.as_secs_f64())
         .bind(c.retry_after)
+        .bind(c.record_as)
         .fetch_one(conn.get())
         .await?;
     conn.done().await?;
@@ -505,7 +513,20 @@ pub async fn complete(
     claimed_at: Instant,
 ) -> Result<()> {
     let outcomes = send(entry, pipeline, token, claimed, claimed_at + cfg.lease / 2).await;
-    let recorded = finish(pool, cfg, token, &outcomes, claimed_at + cfg.lease).await?;
+    let record_as = entry
+        .engine_impl
+        .as_ref()
+        .is_ok_and(|b| b.recorded_with_outcome())
+        .then_some(entry.name.as_str());
+    let recorded = finish(
+        pool,
+        cfg,
+        token,
+        &outcomes,
+        record_as,
+        claimed_at + cfg.lease,
+    )
+    .await?;
     if let Some(wait) = outcomes.iter().filter_map(|(_, o)| o.throttle()).max() {
         throttle(pool, entry, wait).await?;
     }

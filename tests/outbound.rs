@@ -180,6 +180,7 @@ async fn message_status_rolls_up_from_real_transitions() {
         &test_config(),
         42,
         &sent,
+        None,
         Instant::now() + Duration::from_secs(5),
     )
     .await
@@ -349,9 +350,26 @@ async fn a_finish_after_the_lease_expired_changes_nothing() {
         .map(|c| (c.transmission_id, Outcome::permanent("late and wrong")))
         .collect();
     assert_eq!(
-        outbound::finish(&db.pool, &cfg, 1, &late, give_up)
+        outbound::finish(&db.pool, &cfg, 1, &late, None, give_up)
             .await
             .unwrap(),
+        0
+    );
+    // A late "sent" from the first lease records no send of the database
+    // engine either: the record is written only for rows the finish owns.
+    let late_sent: Vec<_> = first
+        .iter()
+        .map(|c| (c.transmission_id, Outcome::Sent { gateway_id: None }))
+        .collect();
+    assert_eq!(
+        outbound::finish(&db.pool, &cfg, 1, &late_sent, Some("gw"), give_up)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.database_backend_sends")
+            .await,
         0
     );
     assert_eq!(
@@ -368,10 +386,19 @@ async fn a_finish_after_the_lease_expired_changes_nothing() {
         .map(|c| (c.transmission_id, Outcome::Sent { gateway_id: None }))
         .collect();
     assert_eq!(
-        outbound::finish(&db.pool, &cfg, 2, &ok, give_up)
+        outbound::finish(&db.pool, &cfg, 2, &ok, Some("gw"), give_up)
             .await
             .unwrap(),
         2
+    );
+    assert_eq!(
+        db.scalar_str(
+            "SELECT string_agg(identity || ':' || batch || ':' || attempt, ',' ORDER BY identity)
+               FROM dbrouter.database_backend_sends"
+        )
+        .await,
+        "+1:2:2,+2:2:2",
+        "recorded once, by the batch that owned the rows"
     );
     assert_eq!(status_of(&db, msg).await, "S");
     db.assert_counters_consistent().await;

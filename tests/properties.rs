@@ -146,7 +146,7 @@ async fn run_rollup_case(db: &TestDb, n: usize, ops: Vec<Op>) -> Result<(), Test
                         (*id, outcome)
                     })
                     .collect();
-                let recorded = outbound::finish(&db.pool, &cfg, token, &list, give_up)
+                let recorded = outbound::finish(&db.pool, &cfg, token, &list, None, give_up)
                     .await
                     .unwrap();
                 let mut expected = 0;

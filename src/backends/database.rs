@@ -9,11 +9,16 @@ use sqlx::PgPool;
 use super::{Backend, Outcome, Recipient, SendError, SendRequest};
 
 /// Records every send in `dbrouter.database_backend_sends`, one row per
-/// accepted identity, committed on its own like an external gateway.
+/// accepted identity. By default the row is written in the same transaction
+/// that marks the transmission S (exactly once, no extra commit); with
+/// `"own_commit": true` it is committed on its own first, like an external
+/// gateway, so a crash in between shows up as a duplicate send (the fault
+/// drill uses this to exercise the at-least-once path).
 ///
 /// Config (all optional), for exercising retries and partial failures:
 /// ```json
-/// {"fail": {"attempts": 2, "identities": ["+255700000001"], "permanent": false,
+/// {"own_commit": true,
+///  "fail": {"attempts": 2, "identities": ["+255700000001"], "permanent": false,
 ///           "error": "simulated failure"},
 ///  "delay": "200ms"}
 /// ```
@@ -33,6 +38,8 @@ pub struct Database {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Config {
+    #[serde(default)]
+    own_commit: bool,
     #[serde(default)]
     fail: Option<Fail>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -202,6 +209,10 @@ impl Backend for Database {
         true
     }
 
+    fn recorded_with_outcome(&self) -> bool {
+        !self.config.own_commit
+    }
+
     async fn send_batch(
         &self,
         reqs: &[SendRequest],
@@ -212,6 +223,10 @@ impl Backend for Database {
             }
         }
         let outcomes: Vec<Vec<Outcome>> = reqs.iter().map(|r| self.outcomes(r)).collect();
+        if self.recorded_with_outcome() {
+            // The finish statement records the sends it marks S.
+            return Ok(outcomes.into_iter().map(Ok).collect());
+        }
         let calls: Vec<_> = reqs
             .iter()
             .zip(&outcomes)

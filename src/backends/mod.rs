@@ -167,6 +167,15 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// Whether this engine's "send" is a write to dbrouter's own database
+    /// that the worker makes in the transaction recording the outcomes
+    /// (see `sql/outbound_finish.sql`): the send and its S commit together,
+    /// so it happens exactly once, even across crashes. Only the `database`
+    /// engine does this.
+    fn recorded_with_outcome(&self) -> bool {
+        false
+    }
+
     /// Send every message of a batch in one call; one result per request, in
     /// order. Only called when [`Backend::sends_batches`] is true.
     async fn send_batch(
