@@ -455,17 +455,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Insert → reply sent, on the database's clock: from the INSERT statement's
-/// start (the inbound's created_at) to the start of the statement that
-/// recorded the reply S (its sent_at). The wake-up bound is measured the same
-/// way.
+/// Insert → reply sent, commit to commit, on the database's clock
+/// (track_commit_timestamp, which bin/bench turns on): from the commit of the
+/// INSERT into dbrouter.inbox (a marker row written by the same statement
+/// keeps that transaction's id) to the commit that made the reply S. The
+/// wake-up bound is measured the same way, with the same spacing.
 async fn latency(args: &Args) -> Result<(f64, f64, f64)> {
     let (pool, url) = fresh_db(args, "latency").await?;
     let children = spawn_workers(args, &url, 2)?;
     wait_listening(&pool, 2).await?;
+    sqlx::raw_sql("CREATE TABLE bench_marks (identity text PRIMARY KEY)")
+        .execute(&pool)
+        .await?;
     for i in 0..args.latency_samples {
         sqlx::query(
-            "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('bench', $1, $2)",
+            "WITH mark AS (INSERT INTO bench_marks (identity) VALUES ($1))
+             INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('bench', $1, $2)",
         )
         .bind(format!("+{}", 255_700_000_000u64 + i as u64))
         .bind(format!("echo {i}"))
@@ -476,10 +481,12 @@ async fn latency(args: &Args) -> Result<(f64, f64, f64)> {
     wait_idle(&pool, Duration::from_millis(50)).await?;
     stop_workers(&pool, children).await?;
     let rows: Vec<(f64,)> = sqlx::query_as(
-        "SELECT extract(epoch FROM t.sent_at - i.created_at)::float8 * 1000
-           FROM dbrouter.messages i
-           JOIN dbrouter.messages o ON o.in_response_to = i.id
-           JOIN dbrouter.transmissions t ON t.message_id = o.id",
+        "SELECT extract(epoch FROM pg_xact_commit_timestamp(t.xmin)
+                                  - pg_xact_commit_timestamp(k.xmin))::float8 * 1000
+           FROM dbrouter.transmissions t
+           JOIN dbrouter.connections c ON c.id = t.connection_id
+           JOIN bench_marks k ON k.identity = c.identity
+          WHERE t.status = 'S'",
     )
     .fetch_all(&pool)
     .await?;
@@ -562,11 +569,14 @@ async fn bound_copy(args: &Args) -> Result<f64> {
 }
 
 /// A client inserts a row and NOTIFYs in one statement; a LISTENing client
-/// updates that row. Database clock, like the latency run.
+/// updates that row. Commit to commit on the database's clock, spaced like
+/// the latency run.
 async fn bound_wakeup(args: &Args) -> Result<(f64, f64)> {
     let (pool, _) = fresh_db(args, "wake").await?;
     sqlx::raw_sql(
-        "CREATE TABLE bench_wake (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(), done_at timestamptz)",
+        "CREATE TABLE bench_wake (id bigserial PRIMARY KEY,
+                                  inserted_by xid8 NOT NULL DEFAULT pg_current_xact_id(),
+                                  done_at timestamptz)",
     )
     .execute(&pool)
     .await?;
@@ -591,11 +601,13 @@ async fn bound_wakeup(args: &Args) -> Result<(f64, f64)> {
         sqlx::query("WITH r AS (INSERT INTO bench_wake DEFAULT VALUES RETURNING id) SELECT pg_notify('bench', id::text) FROM r")
             .execute(&pool)
             .await?;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     updater.await??;
     let rows: Vec<(f64,)> = sqlx::query_as(
-        "SELECT extract(epoch FROM done_at - created_at)::float8 * 1000 FROM bench_wake",
+        "SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)
+                                 - pg_xact_commit_timestamp(inserted_by::text::xid))::float8 * 1000
+           FROM bench_wake",
     )
     .fetch_all(&pool)
     .await?;
