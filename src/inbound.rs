@@ -9,7 +9,7 @@
 //! database refuses (a poison message) is isolated by splitting the batch
 //! under savepoints and ends E alone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
 use futures::future::join_all;
@@ -18,10 +18,12 @@ use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 use tokio::time::Instant;
 
 use crate::apps::{IncomingMessage, OptChange, Pipeline, Verdict};
+use crate::backends::Outcome;
 use crate::config::WorkerConfig;
 use crate::db::is_transient;
 use crate::error::Result;
-use crate::outbound::Claimed;
+use crate::outbound::{self, Claimed};
+use crate::registry::BackendEntry;
 
 #[derive(Debug, sqlx::FromRow)]
 struct Row {
@@ -62,15 +64,21 @@ pub struct HandOff {
 pub struct Batch {
     pub claimed: usize,
     pub hand_off: Option<HandOff>,
+    /// Replies already sent and recorded in the batch's own transaction
+    /// (backends whose sends are database writes), per backend id: their
+    /// outcomes, for the caller to act on throttling.
+    pub sent: Vec<(i32, Vec<(i64, Outcome)>)>,
 }
 
-/// Process one batch. Replies to backends in `send_now` are handed back to
-/// be sent by the caller after the commit; the others are queued.
+/// Process one batch. Replies to backends in `send_now` are sent in the
+/// batch's transaction when the backend's sends are database writes, else
+/// handed back to be sent by the caller after the commit; replies to other
+/// backends are queued.
 pub async fn run_batch(
     pool: &PgPool,
     cfg: &WorkerConfig,
     pipeline: &Pipeline,
-    send_now: &HashSet<i32>,
+    send_now: &HashMap<i32, &BackendEntry>,
 ) -> Result<Batch> {
     let mut tx = pool.begin().await?;
     let rows: Vec<Row> = sqlx::query_as(include_str!("../sql/inbound_claim.sql"))
@@ -83,6 +91,7 @@ pub async fn run_batch(
         return Ok(Batch {
             claimed: 0,
             hand_off: None,
+            sent: Vec::new(),
         });
     }
     let n = rows.len();
@@ -92,13 +101,19 @@ pub async fn run_batch(
             .map(|row| run_apps(pipeline, row, deadline, cfg)),
     )
     .await;
+    let claimed_at = Instant::now();
     let lease = Lease {
         token: rand::random(),
         seconds: cfg.lease.as_secs_f64(),
+        send_deadline: claimed_at + cfg.lease / 2,
         send_now,
+        cfg,
+        pipeline,
     };
-    let claimed_at = Instant::now();
-    let replies = write(&mut tx, &processed, &lease).await?;
+    let Written {
+        handed: replies,
+        sent,
+    } = write(&mut tx, &processed, &lease).await?;
     tx.commit().await?;
     tracing::debug!(n, "processed inbound batch");
     let mut by_backend: HashMap<i32, Vec<Claimed>> = HashMap::new();
@@ -113,14 +128,28 @@ pub async fn run_batch(
     Ok(Batch {
         claimed: n,
         hand_off,
+        sent,
     })
 }
 
-/// The lease replies are inserted under when their backend can send now.
+/// The lease replies are inserted under when their backend can send now,
+/// and what sending them in the transaction takes.
 struct Lease<'a> {
     token: i64,
     seconds: f64,
-    send_now: &'a HashSet<i32>,
+    send_deadline: Instant,
+    send_now: &'a HashMap<i32, &'a BackendEntry>,
+    cfg: &'a WorkerConfig,
+    pipeline: &'a Pipeline,
+}
+
+/// What a batch's writes left to do after the commit.
+#[derive(Default)]
+struct Written {
+    /// Replies inserted P under the lease, to send after the commit.
+    handed: Vec<(i32, Claimed)>,
+    /// Replies sent and recorded in the transaction, with their outcomes.
+    sent: Vec<(i32, Vec<(i64, Outcome)>)>,
 }
 
 async fn run_apps(
@@ -187,20 +216,20 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Write replies and marks, isolating messages the database refuses.
-/// Returns the replies inserted P (to send after the commit), by backend id.
 async fn write(
     tx: &mut Transaction<'_, Postgres>,
     items: &[Processed],
     lease: &Lease<'_>,
-) -> Result<Vec<(i32, Claimed)>> {
-    let mut handed = Vec::new();
+) -> Result<Written> {
+    let mut written = Written::default();
     let mut pending: Vec<&[Processed]> = vec![items];
     while let Some(chunk) = pending.pop() {
         let mut sp = tx.begin().await?;
         match write_chunk(&mut sp, chunk, lease).await {
-            Ok(replies) => {
+            Ok(w) => {
                 sp.commit().await?;
-                handed.extend(replies);
+                written.handed.extend(w.handed);
+                written.sent.extend(w.sent);
             }
             Err(e) if matches!(e, sqlx::Error::Database(_)) && !is_transient(&e) => {
                 sp.rollback().await?;
@@ -217,14 +246,17 @@ async fn write(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(handed)
+    Ok(written)
 }
 
+/// Replies (with their marks) of one chunk; replies to backends whose sends
+/// are database writes are sent and recorded here too, so a refusal there
+/// is isolated like any other.
 async fn write_chunk(
     conn: &mut PgConnection,
     chunk: &[Processed],
     lease: &Lease<'_>,
-) -> std::result::Result<Vec<(i32, Claimed)>, sqlx::Error> {
+) -> std::result::Result<Written, sqlx::Error> {
     let mut connections = Vec::new();
     let mut backends = Vec::new();
     let mut texts = Vec::new();
@@ -241,7 +273,7 @@ async fn write_chunk(
                 tokens.push(
                     lease
                         .send_now
-                        .contains(&p.backend_id)
+                        .contains_key(&p.backend_id)
                         .then_some(lease.token),
                 );
                 sources.push((p, text));
@@ -290,7 +322,34 @@ async fn write_chunk(
         .collect();
     let opt: Vec<Option<&OptChange>> = chunk.iter().map(|p| p.opt_change.as_ref()).collect();
     mark(conn, &ids, &errors, &opt).await?;
-    Ok(handed)
+
+    let mut written = Written::default();
+    let mut here: HashMap<i32, Vec<Claimed>> = HashMap::new();
+    for (backend_id, c) in handed {
+        match lease.send_now.get(&backend_id) {
+            Some(entry) if entry.records_in_database() => {
+                here.entry(backend_id).or_default().push(c);
+            }
+            _ => written.handed.push((backend_id, c)),
+        }
+    }
+    for (backend_id, claimed) in here {
+        let Some(entry) = lease.send_now.get(&backend_id) else {
+            continue; // not reachable: filled from send_now above
+        };
+        let outcomes = outbound::send_in_transaction(
+            &mut *conn,
+            lease.cfg,
+            lease.pipeline,
+            entry,
+            lease.token,
+            &claimed,
+            lease.send_deadline,
+        )
+        .await?;
+        written.sent.push((backend_id, outcomes));
+    }
+    Ok(written)
 }
 
 async fn mark(

@@ -338,43 +338,8 @@ async fn finish_chunk(
     record_as: Option<&str>,
     give_up: Instant,
 ) -> std::result::Result<u64, sqlx::Error> {
-    let mut ids = Vec::with_capacity(outcomes.len());
-    let mut sent = Vec::with_capacity(outcomes.len());
-    let mut gateway_ids: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
-    let mut errors: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
-    let mut permanent = Vec::with_capacity(outcomes.len());
-    let mut retry_after: Vec<Option<f64>> = Vec::with_capacity(outcomes.len());
-    for (id, o) in outcomes {
-        retry_after.push(o.requeue_after().map(|d| d.as_secs_f64()));
-        ids.push(*id);
-        match o {
-            Outcome::Sent { gateway_id } => {
-                sent.push(true);
-                gateway_ids.push(gateway_id.clone());
-            }
-            _ => {
-                sent.push(false);
-                gateway_ids.push(None);
-            }
-        }
-        errors.push(o.error().map(str::to_string));
-        permanent.push(matches!(
-            o,
-            Outcome::Failed {
-                permanent: true,
-                ..
-            }
-        ));
-    }
-    let columns = Columns {
-        ids: &ids,
-        sent: &sent,
-        gateway_ids: &gateway_ids,
-        errors: &errors,
-        permanent: &permanent,
-        retry_after: &retry_after,
-        record_as,
-    };
+    let arrays = OutcomeArrays::new(outcomes);
+    let columns = arrays.columns(record_as);
     let mut pause = Duration::from_millis(100);
     loop {
         let result = record_outcomes(pool, cfg, token, &columns).await;
@@ -391,6 +356,69 @@ async fn finish_chunk(
 }
 
 /// A batch's outcomes as the finish statement's arrays.
+struct OutcomeArrays {
+    ids: Vec<i64>,
+    sent: Vec<bool>,
+    gateway_ids: Vec<Option<String>>,
+    errors: Vec<Option<String>>,
+    permanent: Vec<bool>,
+    retry_after: Vec<Option<f64>>,
+}
+
+impl OutcomeArrays {
+    fn new(outcomes: &[(i64, Outcome)]) -> Self {
+        let mut ids = Vec::with_capacity(outcomes.len());
+        let mut sent = Vec::with_capacity(outcomes.len());
+        let mut gateway_ids: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
+        let mut errors: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
+        let mut permanent = Vec::with_capacity(outcomes.len());
+        let mut retry_after: Vec<Option<f64>> = Vec::with_capacity(outcomes.len());
+        for (id, o) in outcomes {
+            retry_after.push(o.requeue_after().map(|d| d.as_secs_f64()));
+            ids.push(*id);
+            match o {
+                Outcome::Sent { gateway_id } => {
+                    sent.push(true);
+                    gateway_ids.push(gateway_id.clone());
+                }
+                _ => {
+                    sent.push(false);
+                    gateway_ids.push(None);
+                }
+            }
+            errors.push(o.error().map(str::to_string));
+            permanent.push(matches!(
+                o,
+                Outcome::Failed {
+                    permanent: true,
+                    ..
+                }
+            ));
+        }
+        OutcomeArrays {
+            ids,
+            sent,
+            gateway_ids,
+            errors,
+            permanent,
+            retry_after,
+        }
+    }
+
+    fn columns<'a>(&'a self, record_as: Option<&'a str>) -> Columns<'a> {
+        Columns {
+            ids: &self.ids,
+            sent: &self.sent,
+            gateway_ids: &self.gateway_ids,
+            errors: &self.errors,
+            permanent: &self.permanent,
+            retry_after: &self.retry_after,
+            record_as,
+        }
+    }
+}
+
+/// The arrays, borrowed for binding.
 struct Columns<'a> {
     ids: &'a [i64],
     sent: &'a [bool],
@@ -408,6 +436,17 @@ async fn record_outcomes(
     c: &Columns<'_>,
 ) -> std::result::Result<i64, sqlx::Error> {
     let mut conn = Conn::acquire(pool).await?;
+    let n = record_outcomes_on(conn.get(), cfg, token, c).await?;
+    conn.done().await?;
+    Ok(n)
+}
+
+async fn record_outcomes_on(
+    conn: &mut PgConnection,
+    cfg: &WorkerConfig,
+    token: i64,
+    c: &Columns<'_>,
+) -> std::result::Result<i64, sqlx::Error> {
     let (n,): (i64,) = sqlx::query_as(include_str!("../sql/outbound_finish.sql"))
         .persistent(crate::db::prepared())
         .bind(token)
@@ -421,9 +460,8 @@ async fn record_outcomes(
         .bind(cfg.max_backoff.as_secs_f64())
         .bind(c.retry_after)
         .bind(c.record_as)
-        .fetch_one(conn.get())
+        .fetch_one(conn)
         .await?;
-    conn.done().await?;
     Ok(n)
 }
 
@@ -469,6 +507,25 @@ pub async fn run_batch(
     })
 }
 
+/// Act on what the gateway said about the backend itself: wait (every worker
+/// stops claiming for it until then) or pause it (credentials refused).
+pub async fn slow_down_if_asked(
+    pool: &PgPool,
+    entry: &BackendEntry,
+    outcomes: &[(i64, Outcome)],
+) -> Result<()> {
+    if let Some(wait) = outcomes.iter().filter_map(|(_, o)| o.throttle()).max() {
+        throttle(pool, entry, wait).await?;
+    }
+    if let Some((_, Outcome::Unauthorized { error })) = outcomes
+        .iter()
+        .find(|(_, o)| matches!(o, Outcome::Unauthorized { .. }))
+    {
+        pause(pool, entry, error).await?;
+    }
+    Ok(())
+}
+
 /// The gateway asked us to wait: every worker stops claiming for this
 /// backend until then.
 async fn throttle(pool: &PgPool, entry: &BackendEntry, wait: Duration) -> Result<()> {
@@ -501,6 +558,27 @@ async fn pause(pool: &PgPool, entry: &BackendEntry, error: &str) -> Result<()> {
     Ok(())
 }
 
+/// Send and record, inside the caller's transaction, transmissions of a
+/// backend whose sends are writes to this database
+/// ([`BackendEntry::records_in_database`]): the inbound transaction that
+/// wrote the replies also sends them, so they commit R, S and recorded
+/// together (one commit instead of two; nothing to hand over on a crash).
+/// Returns the outcomes, for [`slow_down_if_asked`] after the commit.
+pub async fn send_in_transaction(
+    conn: &mut PgConnection,
+    cfg: &WorkerConfig,
+    pipeline: &Pipeline,
+    entry: &BackendEntry,
+    token: i64,
+    claimed: &[Claimed],
+    deadline: Instant,
+) -> std::result::Result<Vec<(i64, Outcome)>, sqlx::Error> {
+    let outcomes = send(entry, pipeline, token, claimed, deadline).await;
+    let arrays = OutcomeArrays::new(&outcomes);
+    record_outcomes_on(conn, cfg, token, &arrays.columns(Some(&entry.name))).await?;
+    Ok(outcomes)
+}
+
 /// Send transmissions this worker holds under lease `token` (taken at
 /// `claimed_at`) and record the outcomes.
 pub async fn complete(
@@ -513,11 +591,7 @@ pub async fn complete(
     claimed_at: Instant,
 ) -> Result<()> {
     let outcomes = send(entry, pipeline, token, claimed, claimed_at + cfg.lease / 2).await;
-    let record_as = entry
-        .engine_impl
-        .as_ref()
-        .is_ok_and(|b| b.recorded_with_outcome())
-        .then_some(entry.name.as_str());
+    let record_as = entry.records_in_database().then_some(entry.name.as_str());
     let recorded = finish(
         pool,
         cfg,
@@ -527,15 +601,7 @@ pub async fn complete(
         claimed_at + cfg.lease,
     )
     .await?;
-    if let Some(wait) = outcomes.iter().filter_map(|(_, o)| o.throttle()).max() {
-        throttle(pool, entry, wait).await?;
-    }
-    if let Some((_, Outcome::Unauthorized { error })) = outcomes
-        .iter()
-        .find(|(_, o)| matches!(o, Outcome::Unauthorized { .. }))
-    {
-        pause(pool, entry, error).await?;
-    }
+    slow_down_if_asked(pool, entry, &outcomes).await?;
     if recorded < outcomes.len() as u64 {
         tracing::warn!(
             backend = %entry.name,

@@ -49,6 +49,14 @@ impl BackendEntry {
     /// Whether replies to this backend may be sent by the worker that wrote
     /// them, right after the commit, without a claim: only when nothing
     /// (a rate limit, a Retry-After) says they must wait their turn.
+    /// Whether its engine's sends are writes to this database made in the
+    /// transaction that records them S (the `database` engine by default).
+    pub fn records_in_database(&self) -> bool {
+        self.engine_impl
+            .as_ref()
+            .is_ok_and(|b| b.recorded_with_outcome())
+    }
+
     pub fn sends_replies_at_once(&self) -> bool {
         self.can_send() && !self.rate_limited && self.throttled_for().is_none()
     }

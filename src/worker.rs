@@ -15,7 +15,7 @@
 //! About once a second each worker also sweeps expired and cancelled
 //! transmissions (E "expired"/"cancelled"); the claim never takes them.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,14 +139,19 @@ impl Worker {
         self.refresh_backends().await?;
         let mut pass = Pass::default();
         let backends = self.backends.read().await.clone();
-        let send_now: HashSet<i32> = backends
+        let send_now: HashMap<i32, &BackendEntry> = backends
             .iter()
             .filter(|e| e.sends_replies_at_once())
-            .map(|e| e.id)
+            .map(|e| (e.id, e))
             .collect();
         let batch = inbound::run_batch(&self.pool, &self.cfg, &self.pipeline, &send_now).await?;
         pass.claimed += batch.claimed;
         pass.full |= batch.claimed >= self.cfg.batch_size as usize;
+        for (backend_id, outcomes) in &batch.sent {
+            if let Some(entry) = send_now.get(backend_id) {
+                outbound::slow_down_if_asked(&self.pool, entry, outcomes).await?;
+            }
+        }
         if let Some(hand_off) = batch.hand_off {
             for (backend_id, replies) in &hand_off.replies {
                 let Some(entry) = backends.iter().find(|e| e.id == *backend_id) else {

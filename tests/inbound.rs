@@ -132,6 +132,47 @@ async fn echo_replies_carry_in_response_to_and_reach_the_backend_with_external_i
     db.drop().await;
 }
 
+/// With the database engine (its sends are writes to this database), the
+/// inbound mark, the reply's S and the recorded send are one transaction;
+/// with `own_commit` the reply is sent after that commit, like a gateway.
+#[tokio::test]
+async fn database_engine_replies_commit_with_the_inbound_batch() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.backend("ext", "database", json!({"own_commit": true}), None)
+        .await;
+    db.exec(
+        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES
+           ('gw', '+1', 'echo one'), ('ext', '+2', 'echo two')",
+    )
+    .await;
+    db.worker(test_config()).await.drain().await.unwrap();
+    // xmin: the transaction that wrote each row's current version.
+    let same_txn = |backend: &'static str| {
+        let db = &db;
+        async move {
+            db.scalar_str(&format!(
+                "SELECT string_agg((i.xmin = o.xmin AND o.xmin = t.xmin AND t.xmin = s.xmin)::text, ',')
+                   FROM dbrouter.messages i
+                   JOIN dbrouter.messages o ON o.in_response_to = i.id
+                   JOIN dbrouter.transmissions t ON t.message_id = o.id AND t.status = 'S'
+                   JOIN dbrouter.database_backend_sends s ON s.transmission_id = t.id
+                  WHERE s.backend = '{backend}' AND i.status = 'R' AND o.status = 'S'"
+            ))
+            .await
+        }
+    };
+    assert_eq!(same_txn("gw").await, "true");
+    assert_eq!(same_txn("ext").await, "false");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.database_backend_sends")
+            .await,
+        2,
+        "each reply recorded once"
+    );
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn an_app_failure_marks_only_that_message_e() {
     let db = TestDb::new().await;

@@ -279,9 +279,16 @@ async fn poll_only_mode_works_without_listen() {
 async fn replies_handed_to_a_worker_that_dies_are_sent_by_another_after_the_lease() {
     let db = TestDb::new().await;
     // The first worker commits the replies (P under its lease) and then hangs
-    // in the send; it is killed there.
-    db.backend("gw", "database", json!({"delay": "5s"}), None)
-        .await;
+    // in the send; it is killed there. (own_commit: sent after the commit,
+    // like a gateway; by default the database engine sends in the inbound
+    // transaction and there is nothing to hand over.)
+    db.backend(
+        "gw",
+        "database",
+        json!({"own_commit": true, "delay": "5s"}),
+        None,
+    )
+    .await;
     let values: Vec<String> = (0..10).map(|i| format!("('gw', '+{i}', 'ping')")).collect();
     db.exec(&format!(
         "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES {}",
@@ -317,7 +324,8 @@ async fn replies_handed_to_a_worker_that_dies_are_sent_by_another_after_the_leas
     .await;
     signal(&first, Signal::SIGKILL);
     let _ = wait_exit(first, Duration::from_secs(10)).await;
-    db.exec("UPDATE dbrouter.backends SET config = '{}'").await;
+    db.exec("UPDATE dbrouter.backends SET config = '{\"own_commit\": true}'")
+        .await;
     let second = spawn_worker(&db.url, &args);
     wait_until(
         "another worker sends the replies",
