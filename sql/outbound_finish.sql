@@ -20,9 +20,19 @@
 -- changes nothing. Locks: those transmissions, and their messages in id
 -- order (claims lock in the same order, so the two cannot deadlock).
 WITH outcome AS (
-    SELECT * FROM unnest($2::bigint[], $3::boolean[], $4::text[], $5::text[], $6::boolean[],
-                         $10::float8[])
-        AS o(id, sent, gateway_id, error, permanent, retry_after)
+    -- The batch's rows, found by primary key alone; each takes its outcome by
+    -- its position in the arrays. (Joining an unnest() of the outcomes
+    -- straight to transmissions let the planner, which believes few rows
+    -- carry any one lease token, scan the whole table for every batch: a
+    -- 50,000-identity broadcast read it 250 times. Built from the table
+    -- side, the join below is a probe per row.)
+    SELECT x.id,
+           ($3::boolean[])[x.i] AS sent, ($4::text[])[x.i] AS gateway_id,
+           ($5::text[])[x.i] AS error, ($6::boolean[])[x.i] AS permanent,
+           ($10::float8[])[x.i] AS retry_after
+      FROM (SELECT t.id, array_position($2::bigint[], t.id) AS i
+              FROM dbrouter.transmissions t
+             WHERE t.id = ANY ($2::bigint[]) AND t.lease_token = $1 AND t.status = 'P') x
 ), done AS (
     UPDATE dbrouter.transmissions t
        SET status = CASE WHEN o.sent THEN 'S'
