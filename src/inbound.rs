@@ -8,6 +8,11 @@
 //! transmissions (see `sql/insert_replies.sql` for why not COPY or the outbox). A message whose replies the
 //! database refuses (a poison message) is isolated by splitting the batch
 //! under savepoints and ends E alone.
+//!
+//! Replies to a backend that can send now are inserted P under this worker's
+//! lease. When the backend's sends are writes to this database (the
+//! `database` engine), they are sent and recorded S right here, before the
+//! commit; the others are handed back and sent right after it.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
