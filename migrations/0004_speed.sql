@@ -249,3 +249,8 @@ BEGIN
     RETURN v_message_id;
 END
 $$;
+
+-- (id, backend_id) was unique only so the composite foreign key above could
+-- point at it; the checks use the primary key. One index fewer to fill per
+-- new connection.
+ALTER TABLE dbrouter.connections DROP CONSTRAINT connections_id_backend_id_key;
