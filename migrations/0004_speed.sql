@@ -144,7 +144,7 @@ CREATE TRIGGER connections_refuse_reference_change
 -- ===========================================================================
 -- broadcast(): the same function, with a cheaper connection insert and sort
 -- (measured on 100,000 new identities, with the reference checks above:
--- 1.46 s before these two changes).
+-- 1.46 s before these two changes), and fresh statistics after a large one.
 -- ===========================================================================
 CREATE OR REPLACE FUNCTION dbrouter.broadcast(backend text, identities text[], text text,
                                    send_at timestamptz DEFAULT NULL,
@@ -238,6 +238,17 @@ BEGIN
         RETURNING status
     )
     SELECT count(*) FILTER (WHERE status = 'E') INTO v_opted FROM ins;
+
+    -- A large audience changes what the claim's plan should be: with the
+    -- table's statistics from before (few rows in flight), PostgreSQL read
+    -- and sorted every due row of the backend for each batch of 200 instead
+    -- of walking the in-flight index (50,000 rows: 38 ms a claim). Fresh
+    -- statistics (this transaction's rows count; ~60 ms for the sample)
+    -- make the drain of 100,000 15 % faster. Without the right to ANALYZE
+    -- the table this is a warning and the broadcast goes on.
+    IF cardinality(v_ids) >= 10000 THEN
+        ANALYZE dbrouter.transmissions;
+    END IF;
     IF v_opted > 0 THEN
         UPDATE dbrouter.messages m
            SET n_error = v_opted,
