@@ -329,19 +329,19 @@ async fn write_chunk(
     mark(conn, &ids, &errors, &opt).await?;
 
     let mut written = Written::default();
-    let mut here: HashMap<i32, Vec<Claimed>> = HashMap::new();
+    let mut here: HashMap<i32, (&BackendEntry, Vec<Claimed>)> = HashMap::new();
     for (backend_id, c) in handed {
         match lease.send_now.get(&backend_id) {
             Some(entry) if entry.records_in_database() => {
-                here.entry(backend_id).or_default().push(c);
+                here.entry(backend_id)
+                    .or_insert_with(|| (entry, Vec::new()))
+                    .1
+                    .push(c);
             }
             _ => written.handed.push((backend_id, c)),
         }
     }
-    for (backend_id, claimed) in here {
-        let Some(entry) = lease.send_now.get(&backend_id) else {
-            continue; // not reachable: filled from send_now above
-        };
+    for (backend_id, (entry, claimed)) in here {
         let outcomes = outbound::send_in_transaction(
             &mut *conn,
             lease.cfg,

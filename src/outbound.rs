@@ -339,10 +339,9 @@ async fn finish_chunk(
     give_up: Instant,
 ) -> std::result::Result<u64, sqlx::Error> {
     let arrays = OutcomeArrays::new(outcomes);
-    let columns = arrays.columns(record_as);
     let mut pause = Duration::from_millis(100);
     loop {
-        let result = record_outcomes(pool, cfg, token, &columns).await;
+        let result = record_outcomes(pool, cfg, token, &arrays, record_as).await;
         match result {
             Ok(n) => return Ok(u64::try_from(n).unwrap_or(0)),
             Err(e) if is_transient(&e) && Instant::now() + pause < give_up => {
@@ -404,39 +403,17 @@ impl OutcomeArrays {
             retry_after,
         }
     }
-
-    fn columns<'a>(&'a self, record_as: Option<&'a str>) -> Columns<'a> {
-        Columns {
-            ids: &self.ids,
-            sent: &self.sent,
-            gateway_ids: &self.gateway_ids,
-            errors: &self.errors,
-            permanent: &self.permanent,
-            retry_after: &self.retry_after,
-            record_as,
-        }
-    }
-}
-
-/// The arrays, borrowed for binding.
-struct Columns<'a> {
-    ids: &'a [i64],
-    sent: &'a [bool],
-    gateway_ids: &'a [Option<String>],
-    errors: &'a [Option<String>],
-    permanent: &'a [bool],
-    retry_after: &'a [Option<f64>],
-    record_as: Option<&'a str>,
 }
 
 async fn record_outcomes(
     pool: &PgPool,
     cfg: &WorkerConfig,
     token: i64,
-    c: &Columns<'_>,
+    c: &OutcomeArrays,
+    record_as: Option<&str>,
 ) -> std::result::Result<i64, sqlx::Error> {
     let mut conn = Conn::acquire(pool).await?;
-    let n = record_outcomes_on(conn.get(), cfg, token, c).await?;
+    let n = record_outcomes_on(conn.get(), cfg, token, c, record_as).await?;
     conn.done().await?;
     Ok(n)
 }
@@ -445,21 +422,22 @@ async fn record_outcomes_on(
     conn: &mut PgConnection,
     cfg: &WorkerConfig,
     token: i64,
-    c: &Columns<'_>,
+    c: &OutcomeArrays,
+    record_as: Option<&str>,
 ) -> std::result::Result<i64, sqlx::Error> {
     let (n,): (i64,) = sqlx::query_as(include_str!("../sql/outbound_finish.sql"))
         .persistent(crate::db::prepared())
         .bind(token)
-        .bind(c.ids)
-        .bind(c.sent)
-        .bind(c.gateway_ids)
-        .bind(c.errors)
-        .bind(c.permanent)
+        .bind(&c.ids)
+        .bind(&c.sent)
+        .bind(&c.gateway_ids)
+        .bind(&c.errors)
+        .bind(&c.permanent)
         .bind(i32::try_from(cfg.max_attempts).unwrap_or(i32::MAX))
         .bind(cfg.retry_backoff.as_secs_f64())
         .bind(cfg.max_backoff.as_secs_f64())
-        .bind(c.retry_after)
-        .bind(c.record_as)
+        .bind(&c.retry_after)
+        .bind(record_as)
         .fetch_one(conn)
         .await?;
     Ok(n)
@@ -575,7 +553,7 @@ pub async fn send_in_transaction(
 ) -> std::result::Result<Vec<(i64, Outcome)>, sqlx::Error> {
     let outcomes = send(entry, pipeline, token, claimed, deadline).await;
     let arrays = OutcomeArrays::new(&outcomes);
-    record_outcomes_on(conn, cfg, token, &arrays.columns(Some(&entry.name))).await?;
+    record_outcomes_on(conn, cfg, token, &arrays, Some(&entry.name)).await?;
     Ok(outcomes)
 }
 
