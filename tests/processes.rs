@@ -5,7 +5,7 @@ mod common;
 use std::process::Child;
 use std::time::Duration;
 
-use common::{spawn_worker, wait_until, TestDb};
+use common::{spawn_worker, wait_until, Proc, TestDb};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -15,7 +15,7 @@ fn signal(child: &Child, sig: Signal) {
 }
 
 /// Wait for a child to exit, without blocking the runtime.
-async fn wait_exit(mut child: Child, limit: Duration) -> std::process::ExitStatus {
+async fn wait_exit(mut child: Proc, limit: Duration) -> std::process::ExitStatus {
     let start = std::time::Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait worker") {

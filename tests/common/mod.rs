@@ -202,14 +202,42 @@ where
     }
 }
 
+/// A child process that is killed when dropped, so a test that fails
+/// halfway leaves no worker running behind it.
+pub struct Proc(pub Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Start a `dbrouter worker` process on `url` with extra arguments.
-pub fn spawn_worker(url: &str, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_dbrouter"))
-        .arg("worker")
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env("DBROUTER_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn dbrouter worker")
+pub fn spawn_worker(url: &str, args: &[&str]) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_dbrouter"))
+            .arg("worker")
+            .args(args)
+            .env("DATABASE_URL", url)
+            .env("DBROUTER_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn dbrouter worker"),
+    )
 }
