@@ -1,8 +1,10 @@
 -- The `database` backend's "gateway": record the send calls of one batch, a
 -- row per accepted identity, each call (one message) with its own call id.
--- Runs on its own connection and commits on its own, like a real gateway
--- would, so a crash between this and the S commit shows up as a duplicate
--- send. Locks nothing but the inserted rows.
+-- Used only with "own_commit": true (by default the finish statement writes
+-- these rows with the S, see outbound_finish.sql). Runs on its own
+-- connection and commits on its own, like a real gateway would, so a crash
+-- between this and the S commit shows up as a duplicate send. Locks nothing
+-- but the inserted rows.
 -- $1 backend, $2 batch (lease token), then one array element per row:
 -- $3 call index in the batch, $4 message id, $5 text, $6 in_response_to,
 -- $7 reply-to external id, $8 transmission id, $9 identity, $10 attempt.
