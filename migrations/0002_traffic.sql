@@ -73,29 +73,6 @@ ALTER TABLE dbrouter.transmissions
     ADD COLUMN priority smallint NOT NULL DEFAULT 0,
     ADD COLUMN expires_at timestamptz;
 
--- A failure that did not use up an attempt: the gateway asked us to wait
--- (throttled) or refused our credentials; the transmission went back to Q.
-ALTER TABLE dbrouter.attempts
-    ADD COLUMN requeued boolean NOT NULL DEFAULT false;
-
-CREATE OR REPLACE VIEW dbrouter.recent_errors AS
-SELECT a.failed_at,
-       b.name AS backend,
-       c.identity,
-       m.direction,
-       t.message_id,
-       a.transmission_id,
-       a.attempt,
-       a.final,
-       a.error,
-       a.requeued
-  FROM (SELECT * FROM dbrouter.attempts ORDER BY id DESC LIMIT 100) a
-  JOIN dbrouter.transmissions t ON t.id = a.transmission_id
-  JOIN dbrouter.messages m ON m.id = t.message_id
-  JOIN dbrouter.connections c ON c.id = t.connection_id
-  JOIN dbrouter.backends b ON b.id = t.backend_id
- ORDER BY a.id DESC;
-
 -- The outbound claim's index: highest priority first, then oldest due, for
 -- rows still in flight only.
 DROP INDEX dbrouter.transmissions_in_flight;
@@ -144,26 +121,20 @@ SELECT k, 'start', 'You are subscribed again. Reply STOP to unsubscribe.'
 -- bare digits are taken as already starting with a country code. The result
 -- must be "+" and 7 to 15 digits; NULL means the number is not valid.
 -- ---------------------------------------------------------------------------
-CREATE FUNCTION dbrouter.e164_identity(identity text, country_code text)
-RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN e ~ '^\+[1-9][0-9]{6,14}$' THEN e END
-      FROM (SELECT CASE
-                WHEN d LIKE '+%' THEN d
-                WHEN d LIKE '00%' THEN '+' || substr(d, 3)
-                WHEN d LIKE '0%' AND country_code IS NOT NULL THEN '+' || country_code || substr(d, 2)
-                WHEN d LIKE '0%' THEN NULL
-                ELSE '+' || d
-            END AS e
-              FROM (SELECT regexp_replace(identity, '[[:space:]().-]', '', 'g') AS d) x) y
-$$;
-
--- A plain CASE, so PostgreSQL inlines it: 'as-is' backends pay nothing per
--- row (a function call per identity made a 100,000-identity broadcast
--- 0.4 s slower).
 CREATE FUNCTION dbrouter.normalize_identity(identity text, number_format text, country_code text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN number_format IS DISTINCT FROM 'e164' THEN identity
-                ELSE dbrouter.e164_identity(identity, country_code) END
+    SELECT CASE
+        WHEN number_format IS DISTINCT FROM 'e164' THEN identity
+        ELSE (SELECT CASE WHEN e ~ '^\+[1-9][0-9]{6,14}$' THEN e END
+                FROM (SELECT CASE
+                          WHEN d LIKE '+%' THEN d
+                          WHEN d LIKE '00%' THEN '+' || substr(d, 3)
+                          WHEN d LIKE '0%' AND country_code IS NOT NULL THEN '+' || country_code || substr(d, 2)
+                          WHEN d LIKE '0%' THEN NULL
+                          ELSE '+' || d
+                      END AS e
+                        FROM (SELECT regexp_replace(identity, '[[:space:]().-]', '', 'g') AS d) x) y)
+    END
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -171,16 +142,12 @@ $$;
 -- scheduling fields. The 4-argument version is replaced.
 -- ---------------------------------------------------------------------------
 
--- The core checks keep their body under a new name. STABLE, not IMMUTABLE:
--- they call format(), which is STABLE, and PostgreSQL only inlines a SQL
--- function whose body is no more volatile than declared. Inlined, checking
--- 100,000 broadcast identities takes 30 ms instead of 2.5 s.
+-- The core checks keep their body under a new name.
 ALTER FUNCTION dbrouter.enqueue_problem(text, boolean, text, text) RENAME TO enqueue_core_problem;
-ALTER FUNCTION dbrouter.enqueue_core_problem(text, boolean, text, text) STABLE;
 
 CREATE FUNCTION dbrouter.enqueue_problem(backend text, backend_known boolean, identity text, body text,
                                          number_format text, country_code text)
-RETURNS text LANGUAGE sql STABLE AS $$
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT coalesce(
         dbrouter.enqueue_core_problem(backend, backend_known, identity, body),
         CASE WHEN number_format = 'e164'
@@ -214,8 +181,58 @@ RETURNS timestamptz LANGUAGE sql STABLE AS $$
                     + CASE WHEN is_reply THEN b.expire_replies_after ELSE b.expire_after END)
 $$;
 
--- dbrouter.inbox normalises identities too: its trigger function is
--- replaced once, with that and gateway de-duplication, in 0003_gateways.sql.
+-- ---------------------------------------------------------------------------
+-- dbrouter.inbox: identities normalised per backend.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION dbrouter.inbox_drain() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    problem text;
+BEGIN
+    SELECT p INTO problem
+      FROM (SELECT coalesce(
+                       dbrouter.enqueue_problem(n.backend, b.id IS NOT NULL, n.identity, n.text,
+                                                b.number_format, b.country_code),
+                       CASE WHEN n.fields IS NOT NULL AND jsonb_typeof(n.fields) <> 'object'
+                            THEN format('fields must be a JSON object, got %s', jsonb_typeof(n.fields)) END) AS p
+              FROM new_rows n LEFT JOIN dbrouter.backends b ON b.name = n.backend) x
+     WHERE p IS NOT NULL
+     LIMIT 1;
+    IF problem IS NOT NULL THEN
+        PERFORM dbrouter.raise_enqueue_problem('dbrouter.inbox', problem);
+    END IF;
+
+    -- Sorted, so two transactions adding the same new connections take their
+    -- unique-index locks in the same order and cannot deadlock.
+    INSERT INTO dbrouter.connections (backend_id, identity)
+    SELECT DISTINCT b.id, dbrouter.normalize_identity(n.identity, b.number_format, b.country_code)
+      FROM new_rows n JOIN dbrouter.backends b ON b.name = n.backend
+     ORDER BY 1, 2
+    ON CONFLICT DO NOTHING;
+
+    -- Message ids follow the order of the inserted rows, so messages of one
+    -- sender are processed in the order they were enqueued.
+    WITH src AS MATERIALIZED (
+        SELECT nextval('dbrouter.messages_id_seq') AS mid, s.*
+          FROM (SELECT c.id AS cid, c.backend_id, n.text, n.external_id,
+                       coalesce(n.fields, '{}') AS fields
+                  FROM (SELECT *, row_number() OVER () AS rn FROM new_rows) n
+                  JOIN dbrouter.backends b ON b.name = n.backend
+                  JOIN dbrouter.connections c
+                    ON c.backend_id = b.id
+                   AND c.identity = dbrouter.normalize_identity(n.identity, b.number_format, b.country_code)
+                 ORDER BY n.rn) s
+    ), msg AS (
+        INSERT INTO dbrouter.messages (id, direction, status, text, external_id, fields, n_total)
+        SELECT mid, 'I', 'Q', text, external_id, fields, 1 FROM src
+    )
+    INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status)
+    SELECT mid, cid, backend_id, 'Q' FROM src;
+
+    DELETE FROM dbrouter.inbox;
+    PERFORM pg_notify('dbrouter', '');
+    RETURN NULL;
+END
+$$;
 
 -- ---------------------------------------------------------------------------
 -- dbrouter.outbox: new optional columns. Rows of opted-out identities become
@@ -348,12 +365,8 @@ BEGIN
                      FROM unnest(broadcast.identities) AS i ORDER BY 1);
     v_expires := dbrouter.deadline(broadcast.expires_at, broadcast.send_at, false, b);
 
-    -- Known identities are filtered out by an anti-join first: an audience
-    -- broadcast to before costs one hash join instead of a speculative
-    -- insertion per identity (100,000 known: 0.30 s -> 0.04 s).
     INSERT INTO dbrouter.connections (backend_id, identity)
     SELECT b.id, i FROM unnest(v_ids) AS i
-     WHERE NOT EXISTS (SELECT 1 FROM dbrouter.connections c WHERE c.backend_id = b.id AND c.identity = i)
     ON CONFLICT DO NOTHING;
 
     INSERT INTO dbrouter.messages (direction, status, text, n_total, priority, send_at, expires_at, client_key)
@@ -656,21 +669,16 @@ BEGIN
     END IF;
 
     -- Final and old, in the window or answering one of those.
-    -- (Two index scans: the window by primary key, its answers through
-    -- messages_in_response_to. One OR-ed condition made PostgreSQL scan the
-    -- whole table: 3 s per batch over 5 million rows.)
     ids := ARRAY(
-        SELECT m.id
-          FROM (SELECT w.id FROM dbrouter.messages w WHERE w.id > p_after AND w.id <= last_id
-                UNION
-                SELECT r.id FROM dbrouter.messages r
-                 WHERE r.in_response_to > p_after AND r.in_response_to <= last_id) c
-          JOIN dbrouter.messages m ON m.id = c.id
-         WHERE m.created_at < cut AND m.updated_at < cut
+        SELECT m.id FROM dbrouter.messages m
+         WHERE ((m.id > p_after AND m.id <= last_id)
+                OR m.in_response_to IN (SELECT id FROM dbrouter.messages
+                                         WHERE id > p_after AND id <= last_id))
+           AND m.created_at < cut AND m.updated_at < cut
            AND m.status IN ('R', 'E', 'S', 'D')
            AND NOT EXISTS (SELECT 1 FROM dbrouter.transmissions t
                             WHERE t.message_id = m.id AND t.due_at IS NOT NULL)
-           FOR UPDATE OF m SKIP LOCKED);
+           FOR UPDATE SKIP LOCKED);
     -- Keep whatever a message outside the set answers (repeat: keeping one
     -- can keep what it answers).
     LOOP

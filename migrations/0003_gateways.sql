@@ -1,5 +1,28 @@
 -- Real gateways: de-duplicated inbound messages, delivery reports.
 
+-- A failure that did not use up an attempt: the gateway asked us to wait
+-- (throttled) or refused our credentials; the transmission went back to Q.
+ALTER TABLE dbrouter.attempts
+    ADD COLUMN requeued boolean NOT NULL DEFAULT false;
+
+CREATE OR REPLACE VIEW dbrouter.recent_errors AS
+SELECT a.failed_at,
+       b.name AS backend,
+       c.identity,
+       m.direction,
+       t.message_id,
+       a.transmission_id,
+       a.attempt,
+       a.final,
+       a.error,
+       a.requeued
+  FROM (SELECT * FROM dbrouter.attempts ORDER BY id DESC LIMIT 100) a
+  JOIN dbrouter.transmissions t ON t.id = a.transmission_id
+  JOIN dbrouter.messages m ON m.id = t.message_id
+  JOIN dbrouter.connections c ON c.id = t.connection_id
+  JOIN dbrouter.backends b ON b.id = t.backend_id
+ ORDER BY a.id DESC;
+
 -- ---------------------------------------------------------------------------
 -- A gateway that retries a message it already delivered to us (it did not
 -- see our answer) sends the same message id again. The first (backend,

@@ -142,6 +142,109 @@ CREATE TRIGGER connections_refuse_reference_change
     FOR EACH ROW EXECUTE FUNCTION dbrouter.refuse_reference_change();
 
 -- ===========================================================================
+-- Enqueue checks and identity normalisation that PostgreSQL can inline
+-- (0002 has landed; these replace its versions).
+-- ===========================================================================
+
+-- STABLE, not IMMUTABLE: the checks call format(), which is STABLE, and
+-- PostgreSQL only inlines a SQL function whose body is no more volatile than
+-- declared. Inlined, checking 100,000 broadcast identities takes 30 ms
+-- instead of 2.5 s.
+ALTER FUNCTION dbrouter.enqueue_core_problem(text, boolean, text, text) STABLE;
+ALTER FUNCTION dbrouter.enqueue_problem(text, boolean, text, text, text, text) STABLE;
+
+-- The E.164 rules of 0002's normalize_identity, on their own.
+CREATE FUNCTION dbrouter.e164_identity(identity text, country_code text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN e ~ '^\+[1-9][0-9]{6,14}$' THEN e END
+      FROM (SELECT CASE
+                WHEN d LIKE '+%' THEN d
+                WHEN d LIKE '00%' THEN '+' || substr(d, 3)
+                WHEN d LIKE '0%' AND country_code IS NOT NULL THEN '+' || country_code || substr(d, 2)
+                WHEN d LIKE '0%' THEN NULL
+                ELSE '+' || d
+            END AS e
+              FROM (SELECT regexp_replace(identity, '[[:space:]().-]', '', 'g') AS d) x) y
+$$;
+
+-- A plain CASE, so PostgreSQL inlines it: 'as-is' backends pay nothing per
+-- row (a function call per identity made a 100,000-identity broadcast
+-- 0.4 s slower).
+CREATE OR REPLACE FUNCTION dbrouter.normalize_identity(identity text, number_format text, country_code text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN number_format IS DISTINCT FROM 'e164' THEN identity
+                ELSE dbrouter.e164_identity(identity, country_code) END
+$$;
+
+-- ===========================================================================
+-- purge_batch(): two index scans instead of one OR-ed condition.
+-- ===========================================================================
+CREATE OR REPLACE FUNCTION dbrouter.purge_batch(p_older_than interval, p_after bigint DEFAULT 0,
+                                     p_batch integer DEFAULT 1000,
+                                     OUT purged integer, OUT last_id bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    cut timestamptz;
+    any_old boolean;
+    ids bigint[];
+    kept integer;
+BEGIN
+    IF p_older_than IS NULL OR p_older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a positive interval, e.g. ''30 days''';
+    END IF;
+    IF p_batch IS NULL OR p_batch NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'batch size must be between 1 and 100000, got %', p_batch;
+    END IF;
+    cut := now() - p_older_than;
+    purged := 0;
+    SELECT max(id), bool_or(created_at < cut) INTO last_id, any_old
+      FROM (SELECT id, created_at FROM dbrouter.messages
+             WHERE id > p_after ORDER BY id LIMIT p_batch) w;
+    IF last_id IS NULL OR NOT any_old THEN
+        last_id := NULL;  -- the walk is over
+        RETURN;
+    END IF;
+
+    -- Final and old, in the window or answering one of those.
+    -- (Two index scans: the window by primary key, its answers through
+    -- messages_in_response_to. One OR-ed condition made PostgreSQL scan the
+    -- whole table: 3 s per batch over 5 million rows.)
+    ids := ARRAY(
+        SELECT m.id
+          FROM (SELECT w.id FROM dbrouter.messages w WHERE w.id > p_after AND w.id <= last_id
+                UNION
+                SELECT r.id FROM dbrouter.messages r
+                 WHERE r.in_response_to > p_after AND r.in_response_to <= last_id) c
+          JOIN dbrouter.messages m ON m.id = c.id
+         WHERE m.created_at < cut AND m.updated_at < cut
+           AND m.status IN ('R', 'E', 'S', 'D')
+           AND NOT EXISTS (SELECT 1 FROM dbrouter.transmissions t
+                            WHERE t.message_id = m.id AND t.due_at IS NOT NULL)
+           FOR UPDATE OF m SKIP LOCKED);
+    -- Keep whatever a message outside the set answers (repeat: keeping one
+    -- can keep what it answers).
+    LOOP
+        kept := cardinality(ids);
+        ids := ARRAY(SELECT k.mid FROM unnest(ids) AS k(mid)
+                      WHERE NOT EXISTS (SELECT 1 FROM dbrouter.messages r
+                                         WHERE r.in_response_to = k.mid AND r.id <> ALL (ids)));
+        EXIT WHEN cardinality(ids) = kept;
+    END LOOP;
+    IF cardinality(ids) = 0 THEN
+        RETURN;
+    END IF;
+
+    DELETE FROM dbrouter.attempts a USING dbrouter.transmissions t
+     WHERE t.message_id = ANY (ids) AND a.transmission_id = t.id;
+    DELETE FROM dbrouter.database_backend_sends s USING dbrouter.transmissions t
+     WHERE t.message_id = ANY (ids) AND s.transmission_id = t.id;
+    DELETE FROM dbrouter.transmissions WHERE message_id = ANY (ids);
+    DELETE FROM dbrouter.messages WHERE id = ANY (ids);
+    purged := cardinality(ids);
+END
+$$;
+
+-- ===========================================================================
 -- broadcast(): the same function, with a cheaper connection insert and sort
 -- (measured on 100,000 new identities, with the reference checks above:
 -- 1.46 s before these two changes), and fresh statistics after a large one.

@@ -133,7 +133,29 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{with_database, MIGRATOR};
+
+    /// Migrations that have landed are never edited (a database migrated
+    /// with them would refuse the next `dbrouter migrate`); changes go in a
+    /// new migration. Add a line here when a migration lands.
+    #[test]
+    fn landed_migrations_are_unchanged() {
+        let landed = [
+            (1, "750f0d6ac0a065ab61dd55f333fd7f09e7162ee50bbb96ae02bc1285feba9ca23d65d4b271fcd21b3671a59ed68bf4ce"),
+            (2, "8376be7f4772b474ad8df6769ecd063f9d48adc5c2a971b862d077df3c27329736d80f3c43aef6c740c4abc8ab3e6491"),
+        ];
+        for (version, checksum) in landed {
+            let m = MIGRATOR
+                .iter()
+                .find(|m| m.version == version)
+                .unwrap_or_else(|| panic!("migration {version} is missing"));
+            let hex: String = m.checksum.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(
+                hex, checksum,
+                "migration {version} was edited after it landed"
+            );
+        }
+    }
 
     #[test]
     fn replaces_the_database_name_and_keeps_the_rest() {
