@@ -63,21 +63,24 @@ WITH outcome AS (
 ), calls AS (
     -- The `database` engine's send (backends/database.rs), written here so
     -- it commits with the S it records: exactly once, never for a row this
-    -- batch no longer owns. One call id per message, as with a gateway.
-    SELECT message_id, nextval('dbrouter.database_backend_calls') AS call_id
+    -- batch no longer owns. One call id per message, as with a gateway: the
+    -- k-th message of the batch (dense_rank below) gets the k-th id drawn
+    -- here. (Array indexing, not a join: joined to `done`, both CTEs were
+    -- estimated at one row and nested-looped, 200 x 200 per batch of replies.)
+    SELECT array_agg(nextval('dbrouter.database_backend_calls')) AS ids
       FROM (SELECT DISTINCT message_id FROM done WHERE $11::text IS NOT NULL AND status = 'S') s
 ), recorded AS (
     INSERT INTO dbrouter.database_backend_sends
            (call_id, batch, backend, message_id, text, in_response_to, reply_to_external_id,
             transmission_id, identity, attempt)
-    SELECT calls.call_id, $1, $11, d.message_id, m.text, m.in_response_to, orig.external_id,
+    SELECT calls.ids[d.k], $1, $11, d.message_id, m.text, m.in_response_to, orig.external_id,
            d.id, c.identity, d.attempt
-      FROM done d
-      JOIN calls ON calls.message_id = d.message_id
+      FROM (SELECT done.*, dense_rank() OVER (ORDER BY done.message_id) AS k
+              FROM done WHERE $11::text IS NOT NULL AND done.status = 'S') d
+     CROSS JOIN calls
       JOIN dbrouter.messages m ON m.id = d.message_id
       JOIN dbrouter.connections c ON c.id = d.connection_id
       LEFT JOIN dbrouter.messages orig ON orig.id = m.in_response_to
-     WHERE d.status = 'S'
 ), deltas AS (
     SELECT message_id,
            count(*) FILTER (WHERE status = 'S')::integer AS sent,
