@@ -106,6 +106,8 @@ struct Results {
     history_run: Option<RoundTrip>,
     /// The same, with `dbrouter purge` deleting that history meanwhile.
     purge_run: Option<RoundTrip>,
+    /// The 2-worker round trip right after the broadcast run, on its tables.
+    after_broadcast_run: Option<RoundTrip>,
     /// History messages the purge deleted during that run.
     purged: i64,
     broadcast_identities: usize,
@@ -447,7 +449,10 @@ async fn fill_history(pool: &PgPool, n: usize) -> Result<()> {
     Ok(())
 }
 
-async fn broadcast(args: &Args) -> Result<(f64, f64)> {
+/// The broadcast run; then the 2-worker round trip on the same tables, whose
+/// statistics now say one message has nearly every transmission (a plan that
+/// trusted them read the whole table per inbound message).
+async fn broadcast(args: &Args, tck: f64) -> Result<(f64, f64, RoundTrip)> {
     let (pool, url) = fresh_db(args, "broadcast").await?;
     let children = spawn_workers(args, &url, 2)?;
     wait_listening(&pool, 2).await?;
@@ -463,7 +468,9 @@ async fn broadcast(args: &Args) -> Result<(f64, f64)> {
     wait_idle(&pool, Duration::from_millis(100)).await?;
     let total = start.elapsed().as_secs_f64();
     stop_workers(&pool, children).await?;
-    Ok((args.broadcast as f64 / call, args.broadcast as f64 / total))
+    eprintln!("bench: round trip after the broadcast");
+    let after = run_round_trip(args, &pool, &url, 2, 0, tck, false).await?;
+    Ok((args.broadcast as f64 / call, args.broadcast as f64 / total, after))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -702,7 +709,10 @@ async fn main() -> Result<()> {
     if run(Part::Broadcast) {
         eprintln!("bench: broadcast");
         r.broadcast_identities = args.broadcast;
-        (r.broadcast_call_ids_per_s, r.broadcast_end_to_end_per_s) = broadcast(&args).await?;
+        let after;
+        (r.broadcast_call_ids_per_s, r.broadcast_end_to_end_per_s, after) =
+            broadcast(&args, tck).await?;
+        r.after_broadcast_run = Some(after);
     }
     if run(Part::Latency) {
         eprintln!("bench: latency");
@@ -804,6 +814,15 @@ fn table(r: &Results) -> String {
             h.msgs_per_s,
             two.msgs_per_s,
             h.msgs_per_s / two.msgs_per_s
+        ));
+    }
+    if let (Some(a), Some(two)) = (&r.after_broadcast_run, by_workers.get(&2)) {
+        out.push_str(&format!(
+            "| round trip, 2 workers, right after the {}-identity broadcast | {:.0} msgs/s | empty tables {:.0} msgs/s | {:.2} | ≥ 0.90 (ours) |\n",
+            r.broadcast_identities,
+            a.msgs_per_s,
+            two.msgs_per_s,
+            a.msgs_per_s / two.msgs_per_s
         ));
     }
     if let (Some(p), Some(h)) = (&r.purge_run, &r.history_run) {
