@@ -12,7 +12,10 @@ use serde_json::{json, Value};
 /// Every (node type, relation) pair of an EXPLAIN (FORMAT JSON) plan.
 fn nodes(plan: &Value, out: &mut Vec<(String, String)>) {
     let kind = plan["Node Type"].as_str().unwrap_or_default().to_string();
-    let rel = plan["Relation Name"].as_str().unwrap_or_default().to_string();
+    let rel = plan["Relation Name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     out.push((kind, rel));
     if let Some(children) = plan["Plans"].as_array() {
         for c in children {
@@ -39,7 +42,8 @@ async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
     db.backend("gw", "database", json!({}), None).await;
     // 20,000 identities: broadcast() analyzes the table itself (≥ 10,000).
     let audience: Vec<String> = (0..20_000).map(|i| format!("+2557{i:08}")).collect();
-    db.broadcast("gw", &audience, "Clinic closed on Friday").await;
+    db.broadcast("gw", &audience, "Clinic closed on Friday")
+        .await;
     db.exec(
         "INSERT INTO dbrouter.inbox (backend, identity, text)
          SELECT 'gw', '+2558' || lpad(i::text, 8, '0'), 'echo ' || i FROM generate_series(1, 300) i",

@@ -470,7 +470,11 @@ async fn broadcast(args: &Args, tck: f64) -> Result<(f64, f64, RoundTrip)> {
     stop_workers(&pool, children).await?;
     eprintln!("bench: round trip after the broadcast");
     let after = run_round_trip(args, &pool, &url, 2, 0, tck, false).await?;
-    Ok((args.broadcast as f64 / call, args.broadcast as f64 / total, after))
+    Ok((
+        args.broadcast as f64 / call,
+        args.broadcast as f64 / total,
+        after,
+    ))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -710,8 +714,11 @@ async fn main() -> Result<()> {
         eprintln!("bench: broadcast");
         r.broadcast_identities = args.broadcast;
         let after;
-        (r.broadcast_call_ids_per_s, r.broadcast_end_to_end_per_s, after) =
-            broadcast(&args, tck).await?;
+        (
+            r.broadcast_call_ids_per_s,
+            r.broadcast_end_to_end_per_s,
+            after,
+        ) = broadcast(&args, tck).await?;
         r.after_broadcast_run = Some(after);
     }
     if run(Part::Latency) {
