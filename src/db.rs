@@ -100,38 +100,13 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 
 /// Open a pool without connecting yet: a worker started while the database
 /// is down (or restarting) waits for it instead of exiting.
-///
-/// With prepared statements on, each connection plans every statement once,
-/// for any parameters (`plan_cache_mode = force_generic_plan`). PostgreSQL's
-/// default kept re-planning the workers' batch statements for their
-/// parameters, at 0.5-1.4 ms each on this machine: about 3 ms of the ~4.5 ms
-/// from an inbound INSERT's commit to its reply's (pg_stat_statements). The
-/// generic plans are the ones we want anyway: every statement touches a batch
-/// of rows found by key, and an array parameter of unknown length is assumed
-/// short, so each is an index probe. Latency p50, 4 same-run A/B pairs:
-/// 4.46/4.93/3.95/3.95 -> 3.82/4.50/3.18/3.73 ms; round trip no change beyond
-/// noise (+21 %, -6 %, +26 %, -9 %). Without prepared statements (PgBouncer)
-/// statements are unnamed and planned each time whatever this says, and a
-/// session setting would leak to other clients of the pooled server
-/// connection, so nothing is set.
 pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool> {
     let options: PgConnectOptions = url.parse()?;
     let options = options.application_name("dbrouter");
-    let pool = PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10));
-    let pool = if prepared() {
-        pool.after_connect(|conn, _meta| {
-            Box::pin(async move {
-                sqlx::Executor::execute(&mut *conn, "SET plan_cache_mode = force_generic_plan")
-                    .await?;
-                Ok(())
-            })
-        })
-    } else {
-        pool
-    };
-    Ok(pool.connect_lazy_with(options))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options))
 }
 
 /// Whether an error is worth retrying the same statement for: the connection
