@@ -46,9 +46,6 @@ impl BackendEntry {
         (until - Utc::now()).to_std().ok().filter(|d| !d.is_zero())
     }
 
-    /// Whether replies to this backend may be sent by the worker that wrote
-    /// them, right after the commit, without a claim: only when nothing
-    /// (a rate limit, a Retry-After) says they must wait their turn.
     /// Whether its engine's sends are writes to this database made in the
     /// transaction that records them S (the `database` engine by default).
     pub fn records_in_database(&self) -> bool {
@@ -57,6 +54,9 @@ impl BackendEntry {
             .is_ok_and(|b| b.recorded_with_outcome())
     }
 
+    /// Whether replies to this backend may be sent by the worker that wrote
+    /// them, right after the commit, without a claim: only when nothing
+    /// (a rate limit, a Retry-After) says they must wait their turn.
     pub fn sends_replies_at_once(&self) -> bool {
         self.can_send() && !self.rate_limited && self.throttled_for().is_none()
     }

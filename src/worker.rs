@@ -154,8 +154,8 @@ impl Worker {
         }
         if let Some(hand_off) = batch.hand_off {
             for (backend_id, replies) in &hand_off.replies {
-                let Some(entry) = backends.iter().find(|e| e.id == *backend_id) else {
-                    continue; // not reachable: send_now only holds loaded backends
+                let Some(entry) = send_now.get(backend_id) else {
+                    continue; // not reachable: replies are only handed off for send_now
                 };
                 outbound::complete(
                     &self.pool,
