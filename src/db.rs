@@ -145,6 +145,7 @@ mod tests {
             (2, "8376be7f4772b474ad8df6769ecd063f9d48adc5c2a971b862d077df3c27329736d80f3c43aef6c740c4abc8ab3e6491"),
             (3, "87c242d48da33f660c510b759bdc941b4116ada3c04ba6c316e76da5182d814c24905112bbdcdb5e189a499c5975acd3"),
             (4, "b4d76308ef2a26a7c681bd2d721a342207427d722a272f68c7bfed11e702be8b79acc69117ae767ac745175df9ee53d2"),
+            (5, "0bad1ead2d2ea65c5f6f19ed4b8999154e806eafb428dcb9908e899eba1f352115749d5b98e80d4b409a080f61da8b35"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR
