@@ -12,7 +12,9 @@
 //! Replies to a backend that can send now are inserted P under this worker's
 //! lease. When the backend's sends are writes to this database (the
 //! `database` engine), they are sent and recorded S right here, before the
-//! commit; the others are handed back and sent right after it.
+//! commit; the others are handed back and sent right after it. A send that
+//! is nothing but that record and cannot fail (and no app has an outgoing
+//! phase) is not even a step: the reply is inserted S with its record.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -267,20 +269,26 @@ async fn write_chunk(
     let mut texts = Vec::new();
     let mut in_response_to = Vec::new();
     let mut tokens = Vec::new();
+    let mut sent_as = Vec::new();
+    let mut identities = Vec::new();
+    let mut reply_to = Vec::new();
     let mut sources = Vec::new();
+    // With no outgoing phase to run, a reply whose send is only a record in
+    // this database is written sent, record and all (insert_replies.sql).
+    let written_sent = !lease.pipeline.has_outgoing();
     for p in chunk {
         if let Ok(replies) = &p.result {
+            let now = lease.send_now.get(&p.backend_id);
+            let by_writing = now.filter(|e| written_sent && e.sends_by_writing());
             for text in replies {
                 connections.push(p.connection_id);
                 backends.push(p.backend_id);
                 texts.push(text.as_str());
                 in_response_to.push(p.id);
-                tokens.push(
-                    lease
-                        .send_now
-                        .contains_key(&p.backend_id)
-                        .then_some(lease.token),
-                );
+                tokens.push((now.is_some() && by_writing.is_none()).then_some(lease.token));
+                sent_as.push(by_writing.map(|e| e.name.as_str()));
+                identities.push(p.identity.as_str());
+                reply_to.push(p.external_id.as_deref());
                 sources.push((p, text));
             }
         }
@@ -295,6 +303,10 @@ async fn write_chunk(
             .bind(&in_response_to)
             .bind(&tokens)
             .bind(lease.seconds)
+            .bind(&sent_as)
+            .bind(&identities)
+            .bind(&reply_to)
+            .bind(lease.token)
             .fetch_all(&mut *conn)
             .await?;
         for (transmission_id, message_id, ord) in rows {
@@ -302,7 +314,8 @@ async fn write_chunk(
                 continue;
             };
             // Only replies inserted P under this lease are ours to send;
-            // queued ones (backend not sending now) wait for a claim.
+            // queued ones (backend not sending now) wait for a claim, and
+            // ones written sent are done.
             let (Some((p, text)), Some(Some(_))) = (sources.get(i), tokens.get(i)) else {
                 continue;
             };

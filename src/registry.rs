@@ -54,6 +54,14 @@ impl BackendEntry {
             .is_ok_and(|b| b.recorded_with_outcome())
     }
 
+    /// Whether its sends are nothing but a record in this database that
+    /// cannot fail ([`Backend::sends_by_writing`]).
+    pub fn sends_by_writing(&self) -> bool {
+        self.engine_impl
+            .as_ref()
+            .is_ok_and(|b| b.sends_by_writing())
+    }
+
     /// Whether replies to this backend may be sent by the worker that wrote
     /// them, right after the commit, without a claim: only when nothing
     /// (a rate limit, a Retry-After) says they must wait their turn.

@@ -133,17 +133,27 @@ async fn echo_replies_carry_in_response_to_and_reach_the_backend_with_external_i
 }
 
 /// With the database engine (its sends are writes to this database), the
-/// inbound mark, the reply's S and the recorded send are one transaction;
-/// with `own_commit` the reply is sent after that commit, like a gateway.
+/// inbound mark, the reply's S and the recorded send are one transaction
+/// (written sent by the insert itself for a plain `database` backend, sent
+/// and recorded before the commit for one that simulates failures); with
+/// `own_commit` the reply is sent after that commit, like a gateway.
 #[tokio::test]
 async fn database_engine_replies_commit_with_the_inbound_batch() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
+    db.backend(
+        "sim",
+        "database",
+        json!({"fail": {"identities": ["+9"]}}),
+        None,
+    )
+    .await;
     db.backend("ext", "database", json!({"own_commit": true}), None)
         .await;
     db.exec(
-        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES
-           ('gw', '+1', 'echo one'), ('ext', '+2', 'echo two')",
+        "INSERT INTO dbrouter.inbox (backend, identity, text, external_id) VALUES
+           ('gw', '+1', 'echo one', 'in-1'), ('sim', '+3', 'echo three', 'in-3'),
+           ('ext', '+2', 'echo two', 'in-2')",
     )
     .await;
     db.worker(test_config()).await.drain().await.unwrap();
@@ -163,13 +173,34 @@ async fn database_engine_replies_commit_with_the_inbound_batch() {
         }
     };
     assert_eq!(same_txn("gw").await, "true");
+    assert_eq!(same_txn("sim").await, "true");
     assert_eq!(same_txn("ext").await, "false");
+    // Every path records the same thing: the reply, its transmission, the
+    // answered message's gateway id, the first attempt, a call of its own.
     assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM dbrouter.database_backend_sends")
-            .await,
-        2,
-        "each reply recorded once"
+        db.scalar_str(
+            "SELECT string_agg(s.backend || '|' || s.identity || '|' || s.text || '|'
+                               || s.reply_to_external_id || '|' || s.attempt
+                               || '|' || (s.message_id = t.message_id)
+                               || '|' || (o.in_response_to = s.in_response_to)
+                               || '|' || (t.attempts = 1 AND t.sent_at IS NOT NULL
+                                          AND o.sent_at IS NOT NULL AND o.n_done = 1),
+                               ',' ORDER BY s.backend)
+               FROM dbrouter.database_backend_sends s
+               JOIN dbrouter.transmissions t ON t.id = s.transmission_id
+               JOIN dbrouter.messages o ON o.id = t.message_id"
+        )
+        .await,
+        "ext|+2|two|in-2|1|true|true|true,gw|+1|one|in-1|1|true|true|true,\
+         sim|+3|three|in-3|1|true|true|true"
     );
+    assert_eq!(
+        db.scalar_i64("SELECT count(DISTINCT call_id) FROM dbrouter.database_backend_sends")
+            .await,
+        3,
+        "each reply recorded once, in a call of its own"
+    );
+    db.assert_counters_consistent().await;
     db.drop().await;
 }
 

@@ -455,6 +455,9 @@ impl App for Censor {
     fn name(&self) -> &str {
         "censor"
     }
+    fn has_outgoing(&self) -> bool {
+        true
+    }
     async fn outgoing(&self, msg: &OutgoingMessage) -> Result<bool, AppError> {
         Ok(!msg.text.contains("secret"))
     }

@@ -110,6 +110,15 @@ pub trait App: Send + Sync {
     async fn cleanup(&self, _msg: &mut IncomingMessage) -> Result<(), AppError> {
         Ok(())
     }
+    /// Whether this app has an outgoing phase: [`App::outgoing`] is only
+    /// called on apps that say so. (Knowing that no app looks at outgoing
+    /// messages lets a worker write a reply to a `database` backend already
+    /// sent, in the statement that creates it.)
+    fn has_outgoing(&self) -> bool {
+        false
+    }
+    /// Look at a message about to be sent; `Ok(false)` cancels the send.
+    /// Only called when [`App::has_outgoing`] is true.
     async fn outgoing(&self, _msg: &OutgoingMessage) -> Result<bool, AppError> {
         Ok(true)
     }
@@ -209,10 +218,15 @@ impl Pipeline {
         Ok(Verdict::Replies(std::mem::take(&mut msg.responses)))
     }
 
+    /// Whether some app has an outgoing phase.
+    pub fn has_outgoing(&self) -> bool {
+        self.apps.iter().any(|a| a.has_outgoing())
+    }
+
     /// Run the outgoing phase (apps in reverse order). `Ok(Some(app))` means
     /// that app cancelled the send.
     pub async fn outgoing(&self, msg: &OutgoingMessage) -> Result<Option<String>, AppError> {
-        for app in self.apps.iter().rev() {
+        for app in self.apps.iter().rev().filter(|a| a.has_outgoing()) {
             let go_on = app
                 .outgoing(msg)
                 .await

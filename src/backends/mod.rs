@@ -176,6 +176,16 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// Whether every send of this engine succeeds at once, with no gateway
+    /// id, and is nothing but the record the worker writes (the `database`
+    /// engine without simulated failures or delays). A reply to such a
+    /// backend is written already S, with its record, by the statement that
+    /// creates it (`sql/insert_replies.sql`): no lease, no second update.
+    /// Implies [`Backend::recorded_with_outcome`].
+    fn sends_by_writing(&self) -> bool {
+        false
+    }
+
     /// Send every message of a batch in one call; one result per request, in
     /// order. Only called when [`Backend::sends_batches`] is true.
     async fn send_batch(
