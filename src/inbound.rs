@@ -32,6 +32,15 @@ use crate::error::Result;
 use crate::outbound::{self, Claimed};
 use crate::registry::BackendEntry;
 
+/// How an inbound batch's transaction begins (one round trip). Its
+/// statements never read a whole table: the rows they touch are found by
+/// key. Without sequential scans, a plan cannot go back to reading tables
+/// the statistics call tiny (right after a broadcast's ANALYZE, no inbound
+/// message is queued) while a backlog grows under a plan PostgreSQL cached
+/// for the statement; JIT stays off because the seq-scan penalty would
+/// otherwise push cheap plans over its threshold.
+pub const BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL jit = off";
+
 #[derive(Debug, sqlx::FromRow)]
 struct Row {
     id: i64,
@@ -87,7 +96,7 @@ pub async fn run_batch(
     pipeline: &Pipeline,
     send_now: &HashMap<i32, &BackendEntry>,
 ) -> Result<Batch> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with(BEGIN).await?;
     let rows: Vec<Row> = sqlx::query_as(include_str!("../sql/inbound_claim.sql"))
         .persistent(crate::db::prepared())
         .bind(i64::from(cfg.batch_size))

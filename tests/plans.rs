@@ -24,6 +24,23 @@ fn nodes(plan: &Value, out: &mut Vec<(String, String)>) {
     }
 }
 
+/// Every scan of `messages` in the plan finds its rows by key (an index
+/// condition), never by reading the table or a whole index.
+fn assert_messages_by_key(what: &str, plan: &Value) {
+    let kind = plan["Node Type"].as_str().unwrap_or_default();
+    if plan["Relation Name"] == "messages" && kind.ends_with("Scan") {
+        assert!(
+            kind == "Bitmap Heap Scan" || plan.get("Index Cond").is_some(),
+            "{what} reads messages without a key: {plan}"
+        );
+    }
+    if let Some(children) = plan["Plans"].as_array() {
+        for c in children {
+            assert_messages_by_key(what, c);
+        }
+    }
+}
+
 fn assert_probes_only(what: &str, explain: &Value) {
     let mut all = Vec::new();
     nodes(&explain[0]["Plan"], &mut all);
@@ -57,12 +74,14 @@ async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
         .await;
     assert_eq!(stats, "-0.5", "the override survives broadcast()'s ANALYZE");
 
+    // Planned as a worker plans them: in an inbound batch's transaction.
+    let mut tx = db.pool.begin_with(dbrouter::inbound::BEGIN).await.unwrap();
     let (claim,): (Value,) = sqlx::query_as(concat!(
         "EXPLAIN (FORMAT JSON) ",
         include_str!("../sql/inbound_claim.sql")
     ))
     .bind(200i64)
-    .fetch_one(&db.pool)
+    .fetch_one(&mut *tx)
     .await
     .unwrap();
     assert_probes_only("the inbound claim", &claim);
@@ -70,7 +89,7 @@ async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
     let ids: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM dbrouter.messages WHERE direction = 'I' ORDER BY id LIMIT 200",
     )
-    .fetch_all(&db.pool)
+    .fetch_all(&mut *tx)
     .await
     .unwrap();
     let none: Vec<Option<String>> = vec![None; ids.len()];
@@ -82,10 +101,12 @@ async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
     .bind(&none)
     .bind(&none)
     .bind(&none)
-    .fetch_one(&db.pool)
+    .fetch_one(&mut *tx)
     .await
     .unwrap();
     assert_probes_only("the inbound mark", &mark);
+    assert_messages_by_key("the inbound mark", &mark[0]["Plan"]);
+    tx.rollback().await.unwrap();
     db.drop().await;
 }
 
@@ -125,5 +146,44 @@ async fn a_first_broadcast_after_vacuum_of_empty_tables_does_not_rescan_per_iden
         "{scans} sequential scans of connections for a {}-identity broadcast",
         audience.len()
     );
+    db.drop().await;
+}
+
+/// The plan PostgreSQL caches for a worker's mark once it settles on a
+/// generic one, made while the statistics (from broadcast()'s ANALYZE) say
+/// no inbound message is queued and the queue is still short, and then kept
+/// while a backlog grows: it must find the marked messages by key. (Joined
+/// to an unnest() of the results, the cached plan scanned every queued
+/// message and re-read the arrays for each: 1 to 15 s per mark of 200 in
+/// the bench.)
+#[tokio::test]
+async fn the_generic_plan_of_the_mark_finds_messages_by_key_whatever_the_statistics() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    let audience: Vec<String> = (0..20_000).map(|i| format!("+2557{i:08}")).collect();
+    db.broadcast("gw", &audience, "Clinic closed on Friday")
+        .await;
+    db.exec(
+        "INSERT INTO dbrouter.inbox (backend, identity, text)
+         SELECT 'gw', '+2558' || lpad(i::text, 8, '0'), 'echo ' || i FROM generate_series(1, 300) i",
+    )
+    .await;
+    let mut tx = db.pool.begin_with(dbrouter::inbound::BEGIN).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL plan_cache_mode = force_generic_plan;
+         PREPARE mark(bigint[], text[], text[], text[]) AS {}",
+        include_str!("../sql/inbound_mark.sql")
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let (mark,): (Value,) =
+        sqlx::query_as("EXPLAIN (FORMAT JSON) EXECUTE mark(NULL, NULL, NULL, NULL)")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    assert_probes_only("the generic plan of the inbound mark", &mark);
+    assert_messages_by_key("the generic plan of the inbound mark", &mark[0]["Plan"]);
+    tx.rollback().await.unwrap();
     db.drop().await;
 }
