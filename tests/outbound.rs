@@ -245,6 +245,75 @@ async fn failed_identities_give_partial_success_and_retries_never_resend_sent_on
     db.drop().await;
 }
 
+/// A plain `database` backend claims and writes a batch sent in one
+/// statement; retries of transmissions that failed while it simulated
+/// failures go that way too once it stops, and the message's counters
+/// (the retried E taken back, the S added) come out right.
+#[tokio::test]
+async fn retries_written_sent_in_one_statement_keep_the_counters_right() {
+    let db = TestDb::new().await;
+    db.backend(
+        "gw",
+        "database",
+        json!({"fail": {"identities": ["+2", "+4"], "error": "gateway busy"}}),
+        None,
+    )
+    .await;
+    let msg = db.broadcast("gw", &ids("+", 6), "news").await;
+    let pass = db.worker(test_config()).await.work_once().await.unwrap();
+    assert_eq!(pass.claimed, 6);
+    assert_eq!(
+        db.scalar_str(&format!(
+            "SELECT status || ':' || n_done || ':' || n_error FROM dbrouter.messages WHERE id = {msg}"
+        ))
+        .await,
+        "E:4:2"
+    );
+    db.exec("UPDATE dbrouter.backends SET config = '{}' WHERE name = 'gw'")
+        .await;
+    let worker = db.worker(test_config()).await;
+    let pass = worker.work_once().await.unwrap();
+    assert_eq!(pass.claimed, 2, "the two retries, in one batch");
+    assert_eq!(
+        db.scalar_str(&format!(
+            "SELECT status || ':' || n_done || ':' || n_error || ':' || (sent_at IS NOT NULL)
+               FROM dbrouter.messages WHERE id = {msg}"
+        ))
+        .await,
+        "S:6:0:true"
+    );
+    // Recorded once each, as one call (one message), at their second attempt.
+    assert_eq!(
+        db.scalar_str(
+            "SELECT string_agg(s.identity || '@' || s.attempt || '=' || t.status || t.attempts,
+                               ',' ORDER BY s.identity)
+               FROM dbrouter.database_backend_sends s
+               JOIN dbrouter.transmissions t ON t.id = s.transmission_id
+              WHERE s.attempt > 1"
+        )
+        .await,
+        "+2@2=S2,+4@2=S2"
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(DISTINCT call_id) FROM dbrouter.database_backend_sends WHERE attempt = 2"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM dbrouter.transmissions
+              WHERE due_at IS NOT NULL OR lease_token IS NOT NULL OR sent_at IS NULL"
+        )
+        .await,
+        0
+    );
+    assert_eq!(worker.drain().await.unwrap(), 0, "nothing left to send");
+    db.assert_counters_consistent().await;
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn retries_stop_after_max_attempts_and_requeue_starts_again() {
     let db = TestDb::new().await;
