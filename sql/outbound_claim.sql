@@ -11,6 +11,8 @@
 -- short transaction commits; from then on the lease protects them. A row is
 -- due when its `due_at` has passed: a queued row, a retry whose backoff has
 -- elapsed, or a P row whose lease expired because its worker died.
+-- (outbound_write_sent.sql selects its rows with this same `due` query, and
+-- rolls messages up as outbound_finish.sql does: change them together.)
 -- Messages still Q (or whose errored transmissions are being retried) are
 -- locked in id order, so claims and finishes touching the same messages
 -- cannot deadlock, and get their counters and status updated by deltas.

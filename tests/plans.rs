@@ -53,11 +53,12 @@ fn assert_probes_only(what: &str, explain: &Value) {
     }
 }
 
-#[tokio::test]
-async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
+/// A database right after a 20,000-identity broadcast (broadcast()
+/// analyzes the table itself from 10,000 on), with 300 inbound messages
+/// queued since.
+async fn after_a_large_broadcast() -> TestDb {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
-    // 20,000 identities: broadcast() analyzes the table itself (≥ 10,000).
     let audience: Vec<String> = (0..20_000).map(|i| format!("+2557{i:08}")).collect();
     db.broadcast("gw", &audience, "Clinic closed on Friday")
         .await;
@@ -66,6 +67,12 @@ async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
          SELECT 'gw', '+2558' || lpad(i::text, 8, '0'), 'echo ' || i FROM generate_series(1, 300) i",
     )
     .await;
+    db
+}
+
+#[tokio::test]
+async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
+    let db = after_a_large_broadcast().await;
     let stats = db
         .scalar_str(
             "SELECT n_distinct::text FROM pg_stats
@@ -158,16 +165,7 @@ async fn a_first_broadcast_after_vacuum_of_empty_tables_does_not_rescan_per_iden
 /// the bench.)
 #[tokio::test]
 async fn the_generic_plan_of_the_mark_finds_messages_by_key_whatever_the_statistics() {
-    let db = TestDb::new().await;
-    db.backend("gw", "database", json!({}), None).await;
-    let audience: Vec<String> = (0..20_000).map(|i| format!("+2557{i:08}")).collect();
-    db.broadcast("gw", &audience, "Clinic closed on Friday")
-        .await;
-    db.exec(
-        "INSERT INTO dbrouter.inbox (backend, identity, text)
-         SELECT 'gw', '+2558' || lpad(i::text, 8, '0'), 'echo ' || i FROM generate_series(1, 300) i",
-    )
-    .await;
+    let db = after_a_large_broadcast().await;
     let mut tx = db.pool.begin_with(dbrouter::inbound::BEGIN).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "SET LOCAL plan_cache_mode = force_generic_plan;
