@@ -6,5 +6,10 @@
 -- another sweep holds are left for the next sweep), then their messages in
 -- id order, as claims and finishes do. Served by the partial index
 -- transmissions_expiring, which only holds in-flight rows with a deadline,
--- so the sweep costs one index probe when nothing has expired.
-SELECT dbrouter.expire_due($1)
+-- so the sweep costs one index probe when nothing has expired: the probe
+-- here, before the function (which otherwise planned and ran its whole
+-- statement on an empty list, ~2 ms per call on an idle system).
+SELECT CASE WHEN EXISTS (SELECT 1 FROM dbrouter.transmissions t
+                          WHERE t.expires_at <= now() AND t.due_at IS NOT NULL)
+            THEN dbrouter.expire_due($1)
+            ELSE 0 END
