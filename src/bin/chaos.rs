@@ -155,7 +155,7 @@ impl Workers {
     }
 
     /// Wait until worker `i` has installed its SIGTERM handler (bit 14 of
-    /// SigCgt in /proc/<pid>/status), so a SIGTERM tests the graceful stop
+    /// SigCgt in `/proc/<pid>/status`), so a SIGTERM tests the graceful stop
     /// and not the default action on a process that has only just started.
     async fn wait_handles_term(&mut self, i: usize, limit: Duration) -> Result<()> {
         let path = format!("/proc/{}/status", self.children[i].id());
