@@ -288,13 +288,12 @@ async fn write_chunk(
     let mut identities = Vec::new();
     let mut reply_to = Vec::new();
     let mut sources = Vec::new();
-    // With no outgoing phase to run, a reply whose send is only a record in
-    // this database is written sent, record and all (insert_replies.sql).
-    let written_sent = !lease.pipeline.has_outgoing();
     for p in chunk {
         if let Ok(replies) = &p.result {
             let now = lease.send_now.get(&p.backend_id);
-            let by_writing = now.filter(|e| written_sent && e.sends_by_writing());
+            // A send that is only a record in this database is written with
+            // the reply (insert_replies.sql).
+            let by_writing = now.filter(|e| e.sends_by_writing(lease.pipeline));
             for text in replies {
                 connections.push(p.connection_id);
                 backends.push(p.backend_id);

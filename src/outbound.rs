@@ -471,7 +471,7 @@ pub async fn run_batch(
         });
     }
     let token: i64 = rand::random();
-    if entry.sends_by_writing() && !entry.rate_limited && !pipeline.has_outgoing() {
+    if entry.sends_by_writing(pipeline) && !entry.rate_limited {
         match write_sent(pool, entry, token).await {
             Ok(sent) => {
                 return Ok(Ran {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use crate::apps::Pipeline;
 use crate::backends::{self, Backend};
 use crate::config::{check_lease, WorkerConfig};
 use crate::error::Result;
@@ -54,12 +55,17 @@ impl BackendEntry {
             .is_ok_and(|b| b.recorded_with_outcome())
     }
 
-    /// Whether its sends are nothing but a record in this database that
-    /// cannot fail ([`Backend::sends_by_writing`]).
-    pub fn sends_by_writing(&self) -> bool {
-        self.engine_impl
-            .as_ref()
-            .is_ok_and(|b| b.sends_by_writing())
+    /// Whether a send through it is nothing but a record in this database
+    /// that cannot fail ([`Backend::sends_by_writing`]) with nothing to run
+    /// before it (no app of `pipeline` has an outgoing phase): then replies
+    /// are inserted sent and queued rows are claimed and written sent in one
+    /// statement. The one place that rule is decided.
+    pub fn sends_by_writing(&self, pipeline: &Pipeline) -> bool {
+        !pipeline.has_outgoing()
+            && self
+                .engine_impl
+                .as_ref()
+                .is_ok_and(|b| b.sends_by_writing())
     }
 
     /// Whether replies to this backend may be sent by the worker that wrote
