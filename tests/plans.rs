@@ -53,6 +53,12 @@ fn assert_probes_only(what: &str, explain: &Value) {
     }
 }
 
+/// The mark's plan: probes only, and `messages` reached by key.
+fn assert_mark_probes_by_key(what: &str, explain: &Value) {
+    assert_probes_only(what, explain);
+    assert_messages_by_key(what, &explain[0]["Plan"]);
+}
+
 /// A database right after a 20,000-identity broadcast (broadcast()
 /// analyzes the table itself from 10,000 on), with 300 inbound messages
 /// queued since.
@@ -111,8 +117,7 @@ async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
     .fetch_one(&mut *tx)
     .await
     .unwrap();
-    assert_probes_only("the inbound mark", &mark);
-    assert_messages_by_key("the inbound mark", &mark[0]["Plan"]);
+    assert_mark_probes_by_key("the inbound mark", &mark);
     tx.rollback().await.unwrap();
     db.drop().await;
 }
@@ -180,8 +185,7 @@ async fn the_generic_plan_of_the_mark_finds_messages_by_key_whatever_the_statist
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-    assert_probes_only("the generic plan of the inbound mark", &mark);
-    assert_messages_by_key("the generic plan of the inbound mark", &mark[0]["Plan"]);
+    assert_mark_probes_by_key("the generic plan of the inbound mark", &mark);
     tx.rollback().await.unwrap();
     db.drop().await;
 }
