@@ -272,15 +272,25 @@ async fn wait_listening(pool: &PgPool, n: usize) -> Result<()> {
 
 /// Nothing queued, in flight or awaiting a retry (both counts use the
 /// partial indexes, so they cost little while the queue drains).
+/// Wait until nothing is queued or in flight. The check costs the system
+/// under test next to nothing: it stops at the first live entry of the
+/// queues' partial indexes (counting the 100,000 rows in flight took ~30 ms
+/// of a core every 100 ms, and a sequential scan for the first due row
+/// re-reads every row already sent).
 async fn wait_idle(pool: &PgPool, poll: Duration) -> Result<()> {
     loop {
-        let (busy,): (i64,) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM dbrouter.messages WHERE direction = 'I' AND status = 'Q')
-                  + (SELECT count(*) FROM dbrouter.transmissions WHERE due_at IS NOT NULL)",
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await?;
+        let (busy,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM dbrouter.messages WHERE direction = 'I' AND status = 'Q')
+                 OR EXISTS (SELECT 1 FROM dbrouter.transmissions WHERE due_at IS NOT NULL)",
         )
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await?;
-        if busy == 0 {
+        tx.commit().await?;
+        if !busy {
             return Ok(());
         }
         tokio::time::sleep(poll).await;
