@@ -12,7 +12,20 @@
 -- outbound_claim.sql's. Locks: the claimed transmissions (FOR UPDATE SKIP
 -- LOCKED, so concurrent workers take disjoint batches without waiting) and
 -- then their messages in id order (as the claim and the finish do, so none
--- of them can deadlock with another), until this statement commits.
+-- of them can deadlock with another), until the transaction commits.
+--
+-- The messages are locked last, after the records are written (the final
+-- SELECT reads `recorded`, so it runs before `rolled`): every batch of a
+-- broadcast updates the same message row, and the next batch waits for
+-- that lock until this one commits, so the less happens while it is held
+-- the better.
+--
+-- It runs in a transaction begun with db::BEGIN_KEYED, on a generic plan
+-- (made without knowing $2): every table is reached by key, through
+-- `= ANY (ARRAY(...))`, scalar subqueries and a LIMIT 1 subquery that
+-- PostgreSQL cannot turn into a hash or merge join over a whole table.
+-- (Joined to the CTEs, the generic plan read all transmissions and all
+-- connections per batch; tests/plans.rs checks this one.)
 WITH due AS (
     SELECT t.id, t.status AS was
       FROM dbrouter.transmissions t
@@ -32,9 +45,8 @@ WITH due AS (
            attempts = t.attempts + 1,
            sent_at = now(),
            updated_at = now()
-      FROM due
-     WHERE t.id = due.id
-    RETURNING t.id, t.message_id, t.connection_id, t.attempts, due.was
+     WHERE t.id = ANY (ARRAY(SELECT id FROM due))
+    RETURNING t.id, t.message_id, t.connection_id, t.attempts
 ), calls AS (
     -- One call id per message, as with a gateway: the k-th message of the
     -- batch (dense_rank below) gets the k-th id drawn here.
@@ -44,30 +56,34 @@ WITH due AS (
     INSERT INTO dbrouter.database_backend_sends
            (call_id, batch, backend, message_id, text, in_response_to, reply_to_external_id,
             transmission_id, identity, attempt)
-    SELECT calls.ids[s.k], $3, $4, s.message_id, m.text, m.in_response_to, orig.external_id,
-           s.id, c.identity, s.attempts
+    SELECT calls.ids[s.k], $3, $4, s.message_id, m.text, m.in_response_to,
+           (SELECT orig.external_id FROM dbrouter.messages orig WHERE orig.id = m.in_response_to),
+           s.id, (SELECT c.identity FROM dbrouter.connections c WHERE c.id = s.connection_id),
+           s.attempts
       FROM (SELECT sent.*, dense_rank() OVER (ORDER BY sent.message_id) AS k FROM sent) s
      CROSS JOIN calls
-      JOIN dbrouter.messages m ON m.id = s.message_id
-      JOIN dbrouter.connections c ON c.id = s.connection_id
-      LEFT JOIN dbrouter.messages orig ON orig.id = m.in_response_to
+     CROSS JOIN LATERAL (SELECT m.text, m.in_response_to FROM dbrouter.messages m
+                          WHERE m.id = s.message_id LIMIT 1) m
+    RETURNING 1
 ), deltas AS (
-    SELECT message_id, count(*)::integer AS sent,
-           count(*) FILTER (WHERE was = 'E')::integer AS retried
-      FROM sent GROUP BY message_id
+    SELECT s.message_id, count(*)::integer AS sent,
+           count(*) FILTER (WHERE due.was = 'E')::integer AS retried
+      FROM sent s JOIN due ON due.id = s.id
+     GROUP BY s.message_id
 ), locked AS (
-    SELECT m.id, d.sent, d.retried
-      FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
+    SELECT m.id
+      FROM dbrouter.messages m
+     WHERE m.id = ANY (ARRAY(SELECT message_id FROM deltas))
      ORDER BY m.id
-       FOR UPDATE OF m
+       FOR UPDATE
 ), rolled AS (
     UPDATE dbrouter.messages m
-       SET n_done = m.n_done + l.sent,
-           n_error = m.n_error - l.retried,
-           status = dbrouter.rollup(m.n_total, m.n_error - l.retried, m.n_done + l.sent, m.n_delivered),
-           sent_at = CASE WHEN m.n_done + l.sent = m.n_total THEN coalesce(m.sent_at, now()) ELSE m.sent_at END,
+       SET n_done = m.n_done + d.sent,
+           n_error = m.n_error - d.retried,
+           status = dbrouter.rollup(m.n_total, m.n_error - d.retried, m.n_done + d.sent, m.n_delivered),
+           sent_at = CASE WHEN m.n_done + d.sent = m.n_total THEN coalesce(m.sent_at, now()) ELSE m.sent_at END,
            updated_at = now()
-      FROM locked l
-     WHERE m.id = l.id
+      FROM deltas d
+     WHERE m.id = ANY (ARRAY(SELECT id FROM locked)) AND d.message_id = m.id
 )
-SELECT count(*) AS sent FROM sent
+SELECT count(*) AS sent FROM recorded

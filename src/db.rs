@@ -28,6 +28,25 @@ pub fn prepared() -> bool {
     PREPARED.load(Ordering::Relaxed)
 }
 
+/// How the transactions of the hot statements begin (one round trip): the
+/// inbound batch (claim, replies, mark) and the outbound written-sent batch
+/// (`sql/outbound_write_sent.sql`). Those statements never read a whole
+/// table: every row they touch is found by key (`= ANY (ARRAY(...))`, a
+/// scalar subquery, or a `LIMIT` subquery that PostgreSQL cannot flatten
+/// into a hash or merge join). Without sequential scans, a plan cannot go
+/// back to reading tables the statistics call tiny (right after a
+/// broadcast's ANALYZE no inbound message is queued) while a backlog grows
+/// under a plan PostgreSQL cached for the statement; JIT stays off because
+/// the seq-scan penalty would otherwise push cheap plans over its threshold.
+/// Since no plan of theirs then depends on the parameters' values, they are
+/// planned once per connection (generic plans) instead of for every batch:
+/// PostgreSQL re-planned the replies and the mark on every call (0.5-0.7 ms
+/// each on the latency path) and the written-sent batch too (0.6-1.1 ms of
+/// its ~5 ms). (The outbound claim of the long path keeps custom plans: its
+/// generic plan cannot see `LIMIT $2`.)
+pub const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL jit = off; \
+                               SET LOCAL plan_cache_mode = force_generic_plan";
+
 /// A pooled connection for one worker statement. With prepared statements off
 /// it holds a transaction: sqlx parses a statement and executes it in two
 /// round trips, and PgBouncer in transaction mode may hand the second to

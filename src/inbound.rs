@@ -32,21 +32,6 @@ use crate::error::Result;
 use crate::outbound::{self, Claimed};
 use crate::registry::BackendEntry;
 
-/// How an inbound batch's transaction begins (one round trip). Its
-/// statements never read a whole table: the rows they touch are found by
-/// key. Without sequential scans, a plan cannot go back to reading tables
-/// the statistics call tiny (right after a broadcast's ANALYZE, no inbound
-/// message is queued) while a backlog grows under a plan PostgreSQL cached
-/// for the statement; JIT stays off because the seq-scan penalty would
-/// otherwise push cheap plans over its threshold. Since no plan of theirs
-/// depends on the parameters' values, they are planned once per connection
-/// (generic plans) instead of for every batch: PostgreSQL re-planned the
-/// replies and the mark on every call, 0.5-0.7 ms each on the latency path.
-/// (The outbound claim runs outside this transaction and keeps custom
-/// plans: its generic plan cannot see `LIMIT $2`.)
-pub const BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL jit = off; \
-                         SET LOCAL plan_cache_mode = force_generic_plan";
-
 #[derive(Debug, sqlx::FromRow)]
 struct Row {
     id: i64,
@@ -102,7 +87,7 @@ pub async fn run_batch(
     pipeline: &Pipeline,
     send_now: &HashMap<i32, &BackendEntry>,
 ) -> Result<Batch> {
-    let mut tx = pool.begin_with(BEGIN).await?;
+    let mut tx = pool.begin_with(crate::db::BEGIN_KEYED).await?;
     let rows: Vec<Row> = sqlx::query_as(include_str!("../sql/inbound_claim.sql"))
         .persistent(crate::db::prepared())
         .bind(i64::from(cfg.batch_size))

@@ -513,16 +513,16 @@ async fn write_sent(
     entry: &BackendEntry,
     token: i64,
 ) -> std::result::Result<usize, sqlx::Error> {
-    let mut conn = Conn::acquire(pool).await?;
+    let mut tx = pool.begin_with(crate::db::BEGIN_KEYED).await?;
     let (sent,): (i64,) = sqlx::query_as(include_str!("../sql/outbound_write_sent.sql"))
         .persistent(crate::db::prepared())
         .bind(entry.id)
         .bind(i64::from(entry.batch_size))
         .bind(token)
         .bind(&entry.name)
-        .fetch_one(conn.get())
+        .fetch_one(&mut *tx)
         .await?;
-    conn.done().await?;
+    tx.commit().await?;
     tracing::debug!(backend = %entry.name, n = sent, "sent batch by writing it");
     Ok(usize::try_from(sent).unwrap_or(0))
 }
