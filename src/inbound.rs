@@ -5,9 +5,10 @@
 //! transaction aborts and the messages are queued again. Apps run under a
 //! deadline (`--app-timeout`) so they cannot hold the transaction open for
 //! long. Replies are written with one array INSERT into messages and
-//! transmissions (see `sql/insert_replies.sql` for why not COPY or the outbox). A message whose replies the
-//! database refuses (a poison message) is isolated by splitting the batch
-//! under savepoints and ends E alone.
+//! transmissions, in the same statement as the marks (see `sql/inbound_write.sql`
+//! for why not COPY or the outbox). A message whose replies the database
+//! refuses (a poison message) is isolated by splitting the batch under
+//! savepoints and ends E alone.
 //!
 //! Replies to a backend that can send now are inserted P under this worker's
 //! lease. When the backend's sends are writes to this database (the
@@ -21,7 +22,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures::future::join_all;
 use futures::FutureExt;
-use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::time::Instant;
 
 use crate::apps::{IncomingMessage, OptChange, Pipeline, Verdict};
@@ -223,6 +224,12 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Write replies and marks, isolating messages the database refuses.
+///
+/// Each chunk is written under a savepoint, so a refusal undoes only that
+/// chunk and keeps the claim's locks. The savepoint is not released after a
+/// chunk that went in (COMMIT releases it): that would be one more round
+/// trip on the latency path. A chunk refused is split in halves until the
+/// refused message is alone; it is then marked E with the error.
 async fn write(
     tx: &mut Transaction<'_, Postgres>,
     items: &[Processed],
@@ -231,19 +238,26 @@ async fn write(
     let mut written = Written::default();
     let mut pending: Vec<&[Processed]> = vec![items];
     while let Some(chunk) = pending.pop() {
-        let mut sp = tx.begin().await?;
-        match write_chunk(&mut sp, chunk, lease).await {
+        sqlx::raw_sql("SAVEPOINT chunk").execute(&mut **tx).await?;
+        match write_chunk(tx, chunk, lease).await {
             Ok(w) => {
-                sp.commit().await?;
                 written.handed.extend(w.handed);
                 written.sent.extend(w.sent);
             }
             Err(e) if matches!(e, sqlx::Error::Database(_)) && !is_transient(&e) => {
-                sp.rollback().await?;
+                sqlx::raw_sql("ROLLBACK TO SAVEPOINT chunk")
+                    .execute(&mut **tx)
+                    .await?;
                 if let [one] = chunk {
                     tracing::warn!(message = one.id, error = %e, "poison message: marking it E");
                     let error = format!("the database refused this message's replies: {e}");
-                    mark(tx, &[one.id], &[Some(error)], &[None]).await?;
+                    let marks = Marks {
+                        ids: vec![one.id],
+                        errors: vec![Some(error)],
+                        actions: vec![None],
+                        keywords: vec![None],
+                    };
+                    write_statement(tx, &Replies::default(), &marks, lease).await?;
                 } else {
                     let (a, b) = chunk.split_at(chunk.len() / 2);
                     pending.push(b);
@@ -264,81 +278,71 @@ async fn write_chunk(
     chunk: &[Processed],
     lease: &Lease<'_>,
 ) -> std::result::Result<Written, sqlx::Error> {
-    let mut connections = Vec::new();
-    let mut backends = Vec::new();
-    let mut texts = Vec::new();
-    let mut in_response_to = Vec::new();
-    let mut tokens = Vec::new();
-    let mut sent_as = Vec::new();
-    let mut identities = Vec::new();
-    let mut reply_to = Vec::new();
+    let mut replies = Replies::default();
     let mut sources = Vec::new();
     for p in chunk {
-        if let Ok(replies) = &p.result {
+        if let Ok(texts) = &p.result {
             let now = lease.send_now.get(&p.backend_id);
             // A send that is only a record in this database is written with
-            // the reply (insert_replies.sql).
+            // the reply (inbound_write.sql).
             let by_writing = now.filter(|e| e.sends_by_writing(lease.pipeline));
-            for text in replies {
-                connections.push(p.connection_id);
-                backends.push(p.backend_id);
-                texts.push(text.as_str());
-                in_response_to.push(p.id);
-                tokens.push((now.is_some() && by_writing.is_none()).then_some(lease.token));
-                sent_as.push(by_writing.map(|e| e.name.as_str()));
-                identities.push(p.identity.as_str());
-                reply_to.push(p.external_id.as_deref());
+            for text in texts {
+                replies.connections.push(p.connection_id);
+                replies.backends.push(p.backend_id);
+                replies.texts.push(text.as_str());
+                replies.in_response_to.push(p.id);
+                replies
+                    .tokens
+                    .push((now.is_some() && by_writing.is_none()).then_some(lease.token));
+                replies.sent_as.push(by_writing.map(|e| e.name.as_str()));
+                replies.identities.push(p.identity.as_str());
+                replies.reply_to.push(p.external_id.as_deref());
                 sources.push((p, text));
             }
         }
     }
-    let mut handed = Vec::new();
-    if !texts.is_empty() {
-        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(include_str!("../sql/insert_replies.sql"))
-            .persistent(crate::db::prepared())
-            .bind(&connections)
-            .bind(&backends)
-            .bind(&texts)
-            .bind(&in_response_to)
-            .bind(&tokens)
-            .bind(lease.seconds)
-            .bind(&sent_as)
-            .bind(&identities)
-            .bind(&reply_to)
-            .bind(lease.token)
-            .fetch_all(&mut *conn)
-            .await?;
-        for (transmission_id, message_id, ord) in rows {
-            let Some(i) = usize::try_from(ord - 1).ok() else {
-                continue;
-            };
-            // Only replies inserted P under this lease are ours to send;
-            // queued ones (backend not sending now) wait for a claim, and
-            // ones written sent are done.
-            let (Some((p, text)), Some(Some(_))) = (sources.get(i), tokens.get(i)) else {
-                continue;
-            };
-            handed.push((
-                p.backend_id,
-                Claimed {
-                    transmission_id,
-                    message_id,
-                    attempts: 1,
-                    identity: p.identity.clone(),
-                    text: (*text).clone(),
-                    in_response_to: Some(p.id),
-                    reply_to_external_id: p.external_id.clone(),
-                },
-            ));
-        }
-    }
-    let ids: Vec<i64> = chunk.iter().map(|p| p.id).collect();
-    let errors: Vec<Option<String>> = chunk
+    let (actions, keywords) = chunk
         .iter()
-        .map(|p| p.result.as_ref().err().cloned())
-        .collect();
-    let opt: Vec<Option<&OptChange>> = chunk.iter().map(|p| p.opt_change.as_ref()).collect();
-    mark(conn, &ids, &errors, &opt).await?;
+        .map(|p| match &p.opt_change {
+            Some(OptChange::Stop { keyword }) => (Some("stop"), Some(keyword.as_str())),
+            Some(OptChange::Start { keyword }) => (Some("start"), Some(keyword.as_str())),
+            None => (None, None),
+        })
+        .unzip();
+    let marks = Marks {
+        ids: chunk.iter().map(|p| p.id).collect(),
+        errors: chunk
+            .iter()
+            .map(|p| p.result.as_ref().err().cloned())
+            .collect(),
+        actions,
+        keywords,
+    };
+    let rows = write_statement(&mut *conn, &replies, &marks, lease).await?;
+    let mut handed = Vec::new();
+    for (transmission_id, message_id, ord) in rows {
+        let Some(i) = usize::try_from(ord - 1).ok() else {
+            continue;
+        };
+        // Only replies inserted P under this lease are ours to send; queued
+        // ones (backend not sending now) wait for a claim, and ones written
+        // sent are done.
+        let (Some((p, text)), Some(Some(_))) = (sources.get(i), replies.tokens.get(i)) else {
+            continue;
+        };
+        handed.push((
+            p.backend_id,
+            Claimed {
+                transmission_id,
+                message_id,
+                attempts: 1,
+                identity: p.identity.clone(),
+                text: (*text).clone(),
+                in_response_to: Some(p.id),
+                reply_to_external_id: p.external_id.clone(),
+            },
+        ));
+    }
 
     let mut written = Written::default();
     let mut here: HashMap<i32, (&BackendEntry, Vec<Claimed>)> = HashMap::new();
@@ -369,27 +373,51 @@ async fn write_chunk(
     Ok(written)
 }
 
-async fn mark(
+/// The replies of a chunk, one array per column (`sql/inbound_write.sql`).
+#[derive(Default)]
+struct Replies<'a> {
+    connections: Vec<i64>,
+    backends: Vec<i32>,
+    texts: Vec<&'a str>,
+    in_response_to: Vec<i64>,
+    tokens: Vec<Option<i64>>,
+    sent_as: Vec<Option<&'a str>>,
+    identities: Vec<&'a str>,
+    reply_to: Vec<Option<&'a str>>,
+}
+
+/// The marks of a chunk: per message, its error (None: R) and opt-out change.
+struct Marks<'a> {
+    ids: Vec<i64>,
+    errors: Vec<Option<String>>,
+    actions: Vec<Option<&'static str>>,
+    keywords: Vec<Option<&'a str>>,
+}
+
+/// Replies and marks in one statement; each reply's transmission id,
+/// message id and position.
+async fn write_statement(
     conn: &mut PgConnection,
-    ids: &[i64],
-    errors: &[Option<String>],
-    opt: &[Option<&OptChange>],
-) -> std::result::Result<(), sqlx::Error> {
-    let (actions, keywords): (Vec<Option<&str>>, Vec<Option<&str>>) = opt
-        .iter()
-        .map(|o| match o {
-            Some(OptChange::Stop { keyword }) => (Some("stop"), Some(keyword.as_str())),
-            Some(OptChange::Start { keyword }) => (Some("start"), Some(keyword.as_str())),
-            None => (None, None),
-        })
-        .unzip();
-    sqlx::query(include_str!("../sql/inbound_mark.sql"))
+    replies: &Replies<'_>,
+    marks: &Marks<'_>,
+    lease: &Lease<'_>,
+) -> std::result::Result<Vec<(i64, i64, i64)>, sqlx::Error> {
+    sqlx::query_as(include_str!("../sql/inbound_write.sql"))
         .persistent(crate::db::prepared())
-        .bind(ids)
-        .bind(errors)
-        .bind(&actions)
-        .bind(&keywords)
-        .execute(conn)
-        .await?;
-    Ok(())
+        .bind(&replies.connections)
+        .bind(&replies.backends)
+        .bind(&replies.texts)
+        .bind(&replies.in_response_to)
+        .bind(&replies.tokens)
+        .bind(lease.seconds)
+        .bind(&replies.sent_as)
+        .bind(&replies.identities)
+        .bind(&replies.reply_to)
+        .bind(lease.token)
+        .bind(&marks.ids)
+        .bind(&marks.errors)
+        .bind(&marks.actions)
+        .bind(&marks.keywords)
+        .fetch_all(conn)
+        .await
 }

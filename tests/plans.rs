@@ -106,11 +106,22 @@ async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
     .fetch_all(&mut *tx)
     .await
     .unwrap();
+    // Marks only (a chunk without replies): the reply arrays are empty.
     let none: Vec<Option<String>> = vec![None; ids.len()];
     let (mark,): (Value,) = sqlx::query_as(concat!(
         "EXPLAIN (FORMAT JSON) ",
-        include_str!("../sql/inbound_mark.sql")
+        include_str!("../sql/inbound_write.sql")
     ))
+    .bind(Vec::<i64>::new())
+    .bind(Vec::<i32>::new())
+    .bind(Vec::<String>::new())
+    .bind(Vec::<i64>::new())
+    .bind(Vec::<Option<i64>>::new())
+    .bind(60.0f64)
+    .bind(Vec::<Option<String>>::new())
+    .bind(Vec::<String>::new())
+    .bind(Vec::<Option<String>>::new())
+    .bind(1i64)
     .bind(&ids)
     .bind(&none)
     .bind(&none)
@@ -162,7 +173,8 @@ async fn a_first_broadcast_after_vacuum_of_empty_tables_does_not_rescan_per_iden
     db.drop().await;
 }
 
-/// The plan PostgreSQL caches for a worker's mark once it settles on a
+/// The plan PostgreSQL caches for a worker's mark (`sql/inbound_write.sql`,
+/// replies and marks) once it settles on a
 /// generic one, made while the statistics (from broadcast()'s ANALYZE) say
 /// no inbound message is queued and the queue is still short, and then kept
 /// while a backlog grows: it must find the marked messages by key. (Joined
@@ -175,17 +187,20 @@ async fn the_generic_plan_of_the_mark_finds_messages_by_key_whatever_the_statist
     let mut tx = db.pool.begin_with(dbrouter::db::BEGIN_KEYED).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "SET LOCAL plan_cache_mode = force_generic_plan;
-         PREPARE mark(bigint[], text[], text[], text[]) AS {}",
-        include_str!("../sql/inbound_mark.sql")
+         PREPARE write(bigint[], integer[], text[], bigint[], bigint[], float8, text[], text[],
+                       text[], bigint, bigint[], text[], text[], text[]) AS {}",
+        include_str!("../sql/inbound_write.sql")
     )))
     .execute(&mut *tx)
     .await
     .unwrap();
-    let (mark,): (Value,) =
-        sqlx::query_as("EXPLAIN (FORMAT JSON) EXECUTE mark(NULL, NULL, NULL, NULL)")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
+    let (mark,): (Value,) = sqlx::query_as(
+        "EXPLAIN (FORMAT JSON) EXECUTE write(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                                 NULL, NULL, NULL, NULL, NULL, NULL)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
     assert_mark_probes_by_key("the generic plan of the inbound mark", &mark);
     tx.rollback().await.unwrap();
     db.drop().await;

@@ -180,7 +180,7 @@ pub trait Backend: Send + Sync {
     /// id, and is nothing but the record the worker writes (the `database`
     /// engine without simulated failures or delays). A reply to such a
     /// backend is written already S, with its record, by the statement that
-    /// creates it (`sql/insert_replies.sql`), and its queued transmissions
+    /// creates it (`sql/inbound_write.sql`), and its queued transmissions
     /// are claimed and written S by one statement
     /// (`sql/outbound_write_sent.sql`): no lease, no second update. Only
     /// while no app has an outgoing phase. Implies
