@@ -120,12 +120,20 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 /// Open a pool without connecting yet: a worker started while the database
 /// is down (or restarting) waits for it instead of exiting.
 pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool> {
+    Ok(pool_options(max_connections).connect_lazy_with(connect_options(url)?))
+}
+
+/// How dbrouter connects to `url` (its application name set).
+pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
     let options: PgConnectOptions = url.parse()?;
-    let options = options.application_name("dbrouter");
-    Ok(PgPoolOptions::new()
+    Ok(options.application_name("dbrouter"))
+}
+
+/// A pool of at most `max_connections`, waiting up to 10 s for one.
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(options))
 }
 
 /// Whether an error is worth retrying the same statement for: the connection

@@ -527,6 +527,21 @@ async fn write_sent(
     Ok(usize::try_from(sent).unwrap_or(0))
 }
 
+/// Run the written-sent batch once on a fresh connection with nothing to
+/// claim, inside `tx` (which the caller rolls back), for its prepared
+/// statement and generic plan (see `inbound::warm_up`).
+pub(crate) async fn warm_up(tx: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
+    let _: (i64,) = sqlx::query_as(include_str!("../sql/outbound_write_sent.sql"))
+        .persistent(true)
+        .bind(0i32)
+        .bind(0i64)
+        .bind(0i64)
+        .bind("")
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 /// Act on what the gateway said about the backend itself: wait (every worker
 /// stops claiming for it until then) or pause it (credentials refused).
 pub async fn slow_down_if_asked(

@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Mutex, Notify, RwLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::apps::Pipeline;
 use crate::config::WorkerConfig;
-use crate::db::Conn;
+use crate::db::{self, Conn};
 use crate::error::Result;
 use crate::registry::{self, BackendEntry};
 use crate::{inbound, outbound};
@@ -63,6 +63,40 @@ pub struct Pass {
     pub full: bool,
     /// The soonest a rate-limited or throttled backend can go on.
     pub wait: Option<Duration>,
+}
+
+/// The pool a worker process runs on: at most `max_connections`, opened
+/// lazily (a worker started while the database is down waits for it), and
+/// each new connection warmed up before its first use: the hot statements
+/// (inbound claim and write, the written-sent batch) run once with nothing
+/// to do in a transaction that is rolled back, so the first batches on a
+/// new connection (at start, and whenever the pool replaces one) are not
+/// the ones that pay for preparing and planning them. Skipped without
+/// prepared statements (behind PgBouncer the next transaction may get
+/// another server connection); a warm-up that fails is logged and the
+/// connection used as it is.
+pub fn connect_lazy(url: &str, max_connections: u32, cfg: &WorkerConfig) -> Result<PgPool> {
+    let cfg = cfg.clone();
+    Ok(db::pool_options(max_connections)
+        .after_connect(move |conn, _| {
+            let cfg = cfg.clone();
+            Box::pin(async move {
+                if db::prepared() {
+                    if let Err(e) = warm_up(conn, &cfg).await {
+                        tracing::debug!(error = %e, "connection warm-up failed; going on without it");
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy_with(db::connect_options(url)?))
+}
+
+async fn warm_up(conn: &mut PgConnection, cfg: &WorkerConfig) -> sqlx::Result<()> {
+    let mut tx = conn.begin_with(db::BEGIN_KEYED).await?;
+    inbound::warm_up(&mut tx, cfg).await?;
+    outbound::warm_up(&mut tx).await?;
+    tx.rollback().await
 }
 
 impl Worker {
