@@ -288,6 +288,27 @@ async fn a_workers_new_connection_holds_its_plans_before_the_first_batch() {
         .await;
     assert_eq!(written, 0, "the warm-up wrote nothing");
     drop(conn);
+
+    // And the real batches run on those prepared statements (the warm-up
+    // binds the same types): an inbound message answered, a queued
+    // outbound one written sent.
+    db.exec(
+        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('gw', '+255700000001', 'echo hi');
+         INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('gw', '+255700000002', 'hello')",
+    )
+    .await;
+    let worker = dbrouter::worker::Worker::new(
+        pool.clone(),
+        common::test_config(),
+        dbrouter::apps::Pipeline::new(vec![std::sync::Arc::new(dbrouter::apps::Echo)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(worker.drain().await.unwrap(), 2);
+    let sent = db
+        .scalar_i64("SELECT count(*) FROM dbrouter.database_backend_sends")
+        .await;
+    assert_eq!(sent, 2, "the reply and the outbound message were sent");
     pool.close().await;
     db.drop().await;
 }
