@@ -584,33 +584,42 @@ async fn bound_claim(args: &Args) -> Result<f64> {
     Ok(rows as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The fastest of three COPYs (one COPY of 100,000 rows takes ~0.15-0.25 s
+/// here, and a single one measured anywhere from 384,000 to 755,000 rows/s
+/// between runs on this machine: the bound is what the cluster can do, so
+/// a slow draw must not lower it).
 async fn bound_copy(args: &Args) -> Result<f64> {
     let (pool, _) = fresh_db(args, "copy").await?;
     // The rows a broadcast must write at the least: one queue row per
     // identity, with its key and due time (no router, no other index).
-    sqlx::raw_sql(
-        "CREATE TABLE bench_copy (
-             id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-             message_id bigint NOT NULL,
-             identity   text NOT NULL,
-             status     char(1) NOT NULL DEFAULT 'Q',
-             due_at     timestamptz DEFAULT now(),
-             created_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .execute(&pool)
-    .await?;
     let mut data = String::with_capacity(100_000 * 24);
     for i in 0..100_000u64 {
         data.push_str(&format!("1\t+{}\n", 255_700_000_000u64 + i));
     }
-    let mut conn = pool.acquire().await?;
-    let start = Instant::now();
-    let mut copy = conn
-        .copy_in_raw("COPY bench_copy (message_id, identity) FROM STDIN")
+    let mut best: f64 = 0.0;
+    for round in 0..3 {
+        let table = format!("bench_copy_{round}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {table} (
+                 id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                 message_id bigint NOT NULL,
+                 identity   text NOT NULL,
+                 status     char(1) NOT NULL DEFAULT 'Q',
+                 due_at     timestamptz DEFAULT now(),
+                 created_at timestamptz NOT NULL DEFAULT now())"
+        )))
+        .execute(&pool)
         .await?;
-    copy.send(data.into_bytes()).await?;
-    let n = copy.finish().await?;
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+        let mut conn = pool.acquire().await?;
+        let start = Instant::now();
+        let mut copy = conn
+            .copy_in_raw(&format!("COPY {table} (message_id, identity) FROM STDIN"))
+            .await?;
+        copy.send(data.clone().into_bytes()).await?;
+        let n = copy.finish().await?;
+        best = best.max(n as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(best)
 }
 
 /// A client inserts a row and NOTIFYs in one statement; a LISTENing client
