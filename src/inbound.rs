@@ -146,30 +146,13 @@ pub async fn run_batch(
 /// reference-check triggers compiled, before the first real batch. Cold,
 /// the first batch on each connection took ~5 ms more (planning the write,
 /// compiling the triggers), which set the bench's latency p99.
-pub(crate) async fn warm_up(
-    tx: &mut PgConnection,
-    cfg: &WorkerConfig,
-) -> std::result::Result<(), sqlx::Error> {
+pub(crate) async fn warm_up(tx: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
     let _: Vec<Row> = sqlx::query_as(include_str!("../sql/inbound_claim.sql"))
         .persistent(true)
         .bind(0i64)
         .fetch_all(&mut *tx)
         .await?;
-    let lease = Lease {
-        token: 0,
-        seconds: cfg.lease.as_secs_f64(),
-        send_deadline: Instant::now(),
-        send_now: &HashMap::new(),
-        cfg,
-        pipeline: &Pipeline::default(),
-    };
-    let marks = Marks {
-        ids: Vec::new(),
-        errors: Vec::new(),
-        actions: Vec::new(),
-        keywords: Vec::new(),
-    };
-    write_statement(tx, &Replies::default(), &marks, &lease).await?;
+    write_statement(tx, &Replies::default(), &Marks::default()).await?;
     Ok(())
 }
 
@@ -290,7 +273,7 @@ async fn write(
                         actions: vec![None],
                         keywords: vec![None],
                     };
-                    write_statement(tx, &Replies::default(), &marks, lease).await?;
+                    write_statement(tx, &Replies::default(), &marks).await?;
                 } else {
                     let (a, b) = chunk.split_at(chunk.len() / 2);
                     pending.push(b);
@@ -311,7 +294,11 @@ async fn write_chunk(
     chunk: &[Processed],
     lease: &Lease<'_>,
 ) -> std::result::Result<Written, sqlx::Error> {
-    let mut replies = Replies::default();
+    let mut replies = Replies {
+        lease_seconds: lease.seconds,
+        batch: lease.token,
+        ..Replies::default()
+    };
     let mut sources = Vec::new();
     for p in chunk {
         if let Ok(texts) = &p.result {
@@ -351,7 +338,7 @@ async fn write_chunk(
         actions,
         keywords,
     };
-    let rows = write_statement(&mut *conn, &replies, &marks, lease).await?;
+    let rows = write_statement(&mut *conn, &replies, &marks).await?;
     let mut handed = Vec::new();
     for (transmission_id, message_id, ord) in rows {
         let Some(i) = usize::try_from(ord - 1).ok() else {
@@ -406,9 +393,13 @@ async fn write_chunk(
     Ok(written)
 }
 
-/// The replies of a chunk, one array per column (`sql/inbound_write.sql`).
+/// The replies of a chunk, one array per column (`sql/inbound_write.sql`),
+/// with the lease they are written under (its length in seconds, and its
+/// token, which also names the batch in the records).
 #[derive(Default)]
 struct Replies<'a> {
+    lease_seconds: f64,
+    batch: i64,
     connections: Vec<i64>,
     backends: Vec<i32>,
     texts: Vec<&'a str>,
@@ -420,6 +411,7 @@ struct Replies<'a> {
 }
 
 /// The marks of a chunk: per message, its error (None: R) and opt-out change.
+#[derive(Default)]
 struct Marks<'a> {
     ids: Vec<i64>,
     errors: Vec<Option<String>>,
@@ -433,7 +425,6 @@ async fn write_statement(
     conn: &mut PgConnection,
     replies: &Replies<'_>,
     marks: &Marks<'_>,
-    lease: &Lease<'_>,
 ) -> std::result::Result<Vec<(i64, i64, i64)>, sqlx::Error> {
     sqlx::query_as(include_str!("../sql/inbound_write.sql"))
         .persistent(crate::db::prepared())
@@ -442,11 +433,11 @@ async fn write_statement(
         .bind(&replies.texts)
         .bind(&replies.in_response_to)
         .bind(&replies.tokens)
-        .bind(lease.seconds)
+        .bind(replies.lease_seconds)
         .bind(&replies.sent_as)
         .bind(&replies.identities)
         .bind(&replies.reply_to)
-        .bind(lease.token)
+        .bind(replies.batch)
         .bind(&marks.ids)
         .bind(&marks.errors)
         .bind(&marks.actions)

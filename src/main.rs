@@ -285,7 +285,7 @@ async fn main() -> Result<()> {
             cfg.validate()?;
             db::set_prepared_statements(!args.no_prepared_statements);
             let max = u32::try_from(cfg.concurrency * 2 + 4).unwrap_or(u32::MAX);
-            let pool = dbrouter::worker::connect_lazy(&cli.database_url, max, &cfg)
+            let pool = dbrouter::worker::connect_lazy(&cli.database_url, max)
                 .context("DATABASE_URL is not a valid URL")?;
             let settings = AppSettings {
                 default_reply: args.default_reply.clone(),

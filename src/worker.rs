@@ -75,14 +75,12 @@ pub struct Pass {
 /// prepared statements (behind PgBouncer the next transaction may get
 /// another server connection); a warm-up that fails is logged and the
 /// connection used as it is.
-pub fn connect_lazy(url: &str, max_connections: u32, cfg: &WorkerConfig) -> Result<PgPool> {
-    let cfg = cfg.clone();
+pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool> {
     Ok(db::pool_options(max_connections)
-        .after_connect(move |conn, _| {
-            let cfg = cfg.clone();
+        .after_connect(|conn, _| {
             Box::pin(async move {
                 if db::prepared() {
-                    if let Err(e) = warm_up(conn, &cfg).await {
+                    if let Err(e) = warm_up(conn).await {
                         tracing::debug!(error = %e, "connection warm-up failed; going on without it");
                     }
                 }
@@ -92,9 +90,9 @@ pub fn connect_lazy(url: &str, max_connections: u32, cfg: &WorkerConfig) -> Resu
         .connect_lazy_with(db::connect_options(url)?))
 }
 
-async fn warm_up(conn: &mut PgConnection, cfg: &WorkerConfig) -> sqlx::Result<()> {
+async fn warm_up(conn: &mut PgConnection) -> sqlx::Result<()> {
     let mut tx = conn.begin_with(db::BEGIN_KEYED).await?;
-    inbound::warm_up(&mut tx, cfg).await?;
+    inbound::warm_up(&mut tx).await?;
     outbound::warm_up(&mut tx).await?;
     tx.rollback().await
 }
