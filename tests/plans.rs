@@ -61,6 +61,28 @@ fn assert_mark_probes_by_key(what: &str, explain: &Value) {
     assert_by_key(what, &explain[0]["Plan"], &["messages"]);
 }
 
+/// The plan PostgreSQL caches for `sql` once it settles on a generic one
+/// (prepared with parameter `types`, in a worker's kind of transaction,
+/// which forces generic plans), as EXPLAIN (FORMAT JSON).
+async fn generic_plan(db: &TestDb, types: &str, sql: &str) -> Value {
+    let mut tx = db.pool.begin_with(dbrouter::db::BEGIN_KEYED).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE statement({types}) AS {sql}"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let nulls = vec!["NULL"; types.split(',').count()].join(", ");
+    let (plan,): (Value,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (FORMAT JSON) EXECUTE statement({nulls})"
+    )))
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    plan
+}
+
 /// A database right after a 20,000-identity broadcast (broadcast()
 /// analyzes the table itself from 10,000 on), with 300 inbound messages
 /// queued since.
@@ -185,25 +207,14 @@ async fn a_first_broadcast_after_vacuum_of_empty_tables_does_not_rescan_per_iden
 #[tokio::test]
 async fn the_generic_plan_of_the_mark_finds_messages_by_key_whatever_the_statistics() {
     let db = after_a_large_broadcast().await;
-    let mut tx = db.pool.begin_with(dbrouter::db::BEGIN_KEYED).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET LOCAL plan_cache_mode = force_generic_plan;
-         PREPARE write(bigint[], integer[], text[], bigint[], bigint[], float8, text[], text[],
-                       text[], bigint, bigint[], text[], text[], text[]) AS {}",
-        include_str!("../sql/inbound_write.sql")
-    )))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    let (mark,): (Value,) = sqlx::query_as(
-        "EXPLAIN (FORMAT JSON) EXECUTE write(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                                                 NULL, NULL, NULL, NULL, NULL, NULL)",
+    let mark = generic_plan(
+        &db,
+        "bigint[], integer[], text[], bigint[], bigint[], float8, text[], text[], text[], bigint,
+         bigint[], text[], text[], text[]",
+        include_str!("../sql/inbound_write.sql"),
     )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
+    .await;
     assert_mark_probes_by_key("the generic plan of the inbound mark", &mark);
-    tx.rollback().await.unwrap();
     db.drop().await;
 }
 
@@ -217,26 +228,18 @@ async fn the_generic_plan_of_the_mark_finds_messages_by_key_whatever_the_statist
 #[tokio::test]
 async fn the_generic_plan_of_the_batch_written_sent_finds_rows_by_key() {
     let db = after_a_large_broadcast().await;
-    let mut tx = db.pool.begin_with(dbrouter::db::BEGIN_KEYED).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "PREPARE write_sent(integer, bigint, bigint, text) AS {}",
-        include_str!("../sql/outbound_write_sent.sql")
-    )))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    let (plan,): (Value,) =
-        sqlx::query_as("EXPLAIN (FORMAT JSON) EXECUTE write_sent(NULL, NULL, NULL, NULL)")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
+    let plan = generic_plan(
+        &db,
+        "integer, bigint, bigint, text",
+        include_str!("../sql/outbound_write_sent.sql"),
+    )
+    .await;
     assert_probes_only("the batch written sent", &plan);
     assert_by_key(
         "the batch written sent",
         &plan[0]["Plan"],
         &["transmissions", "connections", "messages"],
     );
-    tx.rollback().await.unwrap();
     db.drop().await;
 }
 
@@ -249,7 +252,7 @@ async fn the_generic_plan_of_the_batch_written_sent_finds_rows_by_key() {
 async fn a_workers_new_connection_holds_its_plans_before_the_first_batch() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
-    let pool = dbrouter::worker::connect_lazy(&db.url, 2, &common::test_config()).unwrap();
+    let pool = dbrouter::worker::connect_lazy(&db.url, 2).unwrap();
     let mut conn = pool.acquire().await.unwrap();
     let prepared: Vec<(String, i64)> =
         sqlx::query_as("SELECT statement, generic_plans FROM pg_prepared_statements")
