@@ -197,10 +197,10 @@ async fn a_first_broadcast_after_vacuum_of_empty_tables_does_not_rescan_per_iden
 }
 
 /// The plan PostgreSQL caches for a worker's mark (`sql/inbound_write.sql`,
-/// replies and marks) once it settles on a
-/// generic one, made while the statistics (from broadcast()'s ANALYZE) say
-/// no inbound message is queued and the queue is still short, and then kept
-/// while a backlog grows: it must find the marked messages by key. (Joined
+/// replies and marks) once it settles on a generic one, made while the
+/// statistics (from broadcast()'s ANALYZE) say no inbound message is queued
+/// and the queue is still short, and then kept while a backlog grows: it
+/// must find the marked messages by key. (Joined
 /// to an unnest() of the results, the cached plan scanned every queued
 /// message and re-read the arrays for each: 1 to 15 s per mark of 200 in
 /// the bench.)
