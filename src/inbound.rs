@@ -18,11 +18,15 @@
 //! phase) is not even a step: the reply is inserted S with its record.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::LazyLock;
 
 use futures::future::join_all;
 use futures::FutureExt;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Postgres};
 use tokio::time::Instant;
 
 use crate::apps::{IncomingMessage, OptChange, Pipeline, Verdict};
@@ -88,14 +92,9 @@ pub async fn run_batch(
     pipeline: &Pipeline,
     send_now: &HashMap<i32, &BackendEntry>,
 ) -> Result<Batch> {
-    let mut tx = pool.begin_with(crate::db::BEGIN_KEYED).await?;
-    let rows: Vec<Row> = sqlx::query_as(include_str!("../sql/inbound_claim.sql"))
-        .persistent(crate::db::prepared())
-        .bind(i64::from(cfg.batch_size))
-        .fetch_all(&mut *tx)
-        .await?;
+    let (mut tx, rows) = begin_and_claim(pool, i64::from(cfg.batch_size)).await?;
     if rows.is_empty() {
-        tx.rollback().await?;
+        tx.end("ROLLBACK").await?;
         return Ok(Batch {
             claimed: 0,
             hand_off: None,
@@ -121,8 +120,14 @@ pub async fn run_batch(
     let Written {
         handed: replies,
         sent,
-    } = write(&mut tx, &processed, &lease).await?;
-    tx.commit().await?;
+    } = match write(&mut tx.conn, &processed, &lease).await {
+        Ok(w) => w,
+        Err(e) => {
+            tx.abandon().await;
+            return Err(e);
+        }
+    };
+    tx.end("COMMIT").await?;
     tracing::debug!(n, "processed inbound batch");
     let mut by_backend: HashMap<i32, Vec<Claimed>> = HashMap::new();
     for (backend_id, c) in replies {
@@ -147,13 +152,141 @@ pub async fn run_batch(
 /// the first batch on each connection took ~5 ms more (planning the write,
 /// compiling the triggers), which set the bench's latency p99.
 pub(crate) async fn warm_up(tx: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
-    let _: Vec<Row> = sqlx::query_as(include_str!("../sql/inbound_claim.sql"))
-        .persistent(true)
-        .bind(0i64)
-        .fetch_all(&mut *tx)
+    prepare_claim(tx).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!("EXECUTE {}(0)", *CLAIM_STATEMENT)))
+        .execute(&mut *tx)
         .await?;
     write_statement(tx, &Replies::default(), &Marks::default()).await?;
     Ok(())
+}
+
+/// The claim as a prepared statement of the session (SQL `PREPARE`, at the
+/// connection's warm-up or on first use), named after its text: behind a
+/// pooler that shares server sessions between clients, two dbrouter
+/// versions cannot run each other's claim.
+static CLAIM_STATEMENT: LazyLock<String> = LazyLock::new(|| {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    CLAIM_SQL.hash(&mut h);
+    format!("dbrouter_inbound_claim_{:016x}", h.finish())
+});
+
+const CLAIM_SQL: &str = include_str!("../sql/inbound_claim.sql");
+
+/// Whether session-level prepared statements stay with this worker's
+/// connections. They do, except behind a pooler in transaction mode
+/// (PgBouncer hands each transaction to any server session): there the
+/// claim goes back to the three round trips of the protocol-level statement.
+static SESSION_STATEMENTS: AtomicBool = AtomicBool::new(true);
+
+async fn prepare_claim(conn: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
+    let sql = format!("PREPARE {}(bigint) AS {CLAIM_SQL}", *CLAIM_STATEMENT);
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+fn not_prepared(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("26000"))
+}
+
+/// An inbound batch's transaction on a pooled connection. Not sqlx's
+/// `Transaction`, whose begin cannot return rows (see [`begin_and_claim`]).
+/// Dropped before it ends (an error on the way), its connection is closed
+/// instead of going back to the pool mid-transaction: the server then aborts
+/// the transaction, which releases the claimed messages at once.
+struct BatchTx {
+    conn: PoolConnection<Postgres>,
+    open: bool,
+}
+
+impl BatchTx {
+    /// COMMIT or ROLLBACK.
+    async fn end(mut self, sql: &'static str) -> std::result::Result<(), sqlx::Error> {
+        sqlx::raw_sql(sql).execute(&mut *self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+
+    /// Roll back after an error, if the connection still answers (else
+    /// it is closed on drop).
+    async fn abandon(self) {
+        if let Err(e) = self.end("ROLLBACK").await {
+            tracing::debug!(error = %e, "rollback failed; closing the connection");
+        }
+    }
+}
+
+impl Drop for BatchTx {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// Begin the batch's transaction, claim up to `batch` messages and take the
+/// savepoint of the first chunk's write (see [`write`]). With prepared
+/// statements that is one round trip instead of three (BEGIN, claim,
+/// SAVEPOINT: 0.1-0.2 ms each here, on the latency path): one simple query
+/// that runs the claim prepared as [`CLAIM_STATEMENT`], its rows coming back
+/// as text. A session without that statement (its warm-up failed) prepares
+/// it and goes again; if it is missing again right after (a pooler), the
+/// worker stops using it.
+async fn begin_and_claim(pool: &PgPool, batch: i64) -> Result<(BatchTx, Vec<Row>)> {
+    let mut tx = BatchTx {
+        conn: pool.acquire().await?,
+        open: true,
+    };
+    if crate::db::prepared() && SESSION_STATEMENTS.load(Ordering::Relaxed) {
+        let sql = format!(
+            "{}; EXECUTE {}({batch}); SAVEPOINT chunk",
+            crate::db::BEGIN_KEYED,
+            *CLAIM_STATEMENT
+        );
+        let mut prepared = false;
+        loop {
+            match sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+                .fetch_all(&mut *tx.conn)
+                .await
+            {
+                Ok(rows) => {
+                    let rows = rows
+                        .iter()
+                        .map(Row::from_row)
+                        .collect::<std::result::Result<Vec<Row>, _>>()?;
+                    return Ok((tx, rows));
+                }
+                Err(e) if not_prepared(&e) => {
+                    sqlx::raw_sql("ROLLBACK").execute(&mut *tx.conn).await?;
+                    if prepared {
+                        tracing::info!(
+                            "session-level prepared statements do not stay with this \
+                             connection (a pooler?): claiming in three round trips"
+                        );
+                        SESSION_STATEMENTS.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    prepare_claim(&mut tx.conn).await?;
+                    prepared = true;
+                }
+                Err(e) => {
+                    tx.abandon().await;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    sqlx::raw_sql(crate::db::BEGIN_KEYED)
+        .execute(&mut *tx.conn)
+        .await?;
+    let rows = sqlx::query_as(CLAIM_SQL)
+        .persistent(crate::db::prepared())
+        .bind(batch)
+        .fetch_all(&mut *tx.conn)
+        .await?;
+    sqlx::raw_sql("SAVEPOINT chunk")
+        .execute(&mut *tx.conn)
+        .await?;
+    Ok((tx, rows))
 }
 
 /// The lease replies are inserted under when their backend can send now,
@@ -246,15 +379,15 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// chunk that went in (COMMIT releases it): that would be one more round
 /// trip on the latency path. A chunk refused is split in halves until the
 /// refused message is alone; it is then marked E with the error.
-async fn write(
-    tx: &mut Transaction<'_, Postgres>,
-    items: &[Processed],
-    lease: &Lease<'_>,
-) -> Result<Written> {
+async fn write(tx: &mut PgConnection, items: &[Processed], lease: &Lease<'_>) -> Result<Written> {
     let mut written = Written::default();
     let mut pending: Vec<&[Processed]> = vec![items];
+    // The first chunk's savepoint came with the claim (begin_and_claim).
+    let mut first = true;
     while let Some(chunk) = pending.pop() {
-        sqlx::raw_sql("SAVEPOINT chunk").execute(&mut **tx).await?;
+        if !std::mem::take(&mut first) {
+            sqlx::raw_sql("SAVEPOINT chunk").execute(&mut *tx).await?;
+        }
         match write_chunk(tx, chunk, lease).await {
             Ok(w) => {
                 written.handed.extend(w.handed);
@@ -262,7 +395,7 @@ async fn write(
             }
             Err(e) if matches!(e, sqlx::Error::Database(_)) && !is_transient(&e) => {
                 sqlx::raw_sql("ROLLBACK TO SAVEPOINT chunk")
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 if let [one] = chunk {
                     tracing::warn!(message = one.id, error = %e, "poison message: marking it E");
