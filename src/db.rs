@@ -44,8 +44,14 @@ pub fn prepared() -> bool {
 /// each on the latency path) and the written-sent batch too (0.6-1.1 ms of
 /// its ~5 ms). (The outbound claim of the long path keeps custom plans: its
 /// generic plan cannot see `LIMIT $2`.)
+///
+/// `dbrouter.refs_checked`: the transmissions these transactions insert (the
+/// replies) are built from the message they answer, which the claim holds
+/// locked, and its sender's connection, so the per-statement reference check
+/// is skipped for them (migrations/0006_trusted_writers.sql).
 pub const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL jit = off; \
-                               SET LOCAL plan_cache_mode = force_generic_plan";
+                               SET LOCAL plan_cache_mode = force_generic_plan; \
+                               SET LOCAL dbrouter.refs_checked = on";
 
 /// A pooled connection for one worker statement. With prepared statements off
 /// it holds a transaction: sqlx parses a statement and executes it in two

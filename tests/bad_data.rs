@@ -102,6 +102,48 @@ async fn an_outcome_the_database_refuses_ends_that_transmission_e_alone() {
     db.drop().await;
 }
 
+/// dbrouter's own writers build each transmission from rows they have just
+/// written or hold locked, so the transmissions' reference check is skipped
+/// for them (migration 0006): with a check that refuses everything, the
+/// inbox, the outbox, broadcast() and a worker's replies all still go
+/// through, and hand-written SQL is still checked.
+#[tokio::test]
+async fn only_hand_written_transmissions_go_through_the_reference_check() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.exec(
+        "CREATE OR REPLACE FUNCTION dbrouter.transmissions_check_refs() RETURNS trigger
+         LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'tripwire'; END $$",
+    )
+    .await;
+    db.exec("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('gw', '+1', 'echo hi')")
+        .await;
+    db.exec("INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('gw', '+2', 'hello')")
+        .await;
+    db.broadcast("gw", &["+3".to_string(), "+4".to_string()], "all")
+        .await;
+    db.worker(test_config()).await.drain().await.unwrap();
+    assert_eq!(
+        db.scalar_str(
+            "SELECT string_agg(direction || status || n, ',' ORDER BY direction, status)
+               FROM (SELECT direction, status, count(*) AS n FROM dbrouter.messages
+                      GROUP BY 1, 2) x"
+        )
+        .await,
+        "IR1,OS3",
+        "the inbound message answered; its reply, the outbox message and the broadcast sent"
+    );
+    let e = sqlx::query(
+        "INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id)
+         SELECT id, 888888, 1 FROM dbrouter.messages WHERE direction = 'I'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("tripwire"), "{e}");
+    db.drop().await;
+}
+
 /// Transmissions are checked once per statement (not by per-row foreign
 /// keys); the rules still hold for hand-written SQL.
 #[tokio::test]
