@@ -124,12 +124,7 @@ async fn only_hand_written_transmissions_go_through_the_reference_check() {
         .await;
     db.worker(test_config()).await.drain().await.unwrap();
     assert_eq!(
-        db.scalar_str(
-            "SELECT string_agg(direction || status || n, ',' ORDER BY direction, status)
-               FROM (SELECT direction, status, count(*) AS n FROM dbrouter.messages
-                      GROUP BY 1, 2) x"
-        )
-        .await,
+        db.message_states().await,
         "IR1,OS3",
         "the inbound message answered; its reply, the outbox message and the broadcast sent"
     );

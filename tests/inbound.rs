@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{test_config, TestDb};
+use common::{test_config, PoisonReply, TestDb};
 use dbrouter::apps::{App, AppError, DefaultReply, Echo, IncomingMessage};
 use serde_json::json;
 
@@ -23,24 +23,6 @@ impl App for Failing {
         }
         if msg.text == "panic" {
             panic!("app bug");
-        }
-        Ok(false)
-    }
-}
-
-/// Replies with text the database refuses when the message says "poison".
-struct Amplify;
-
-#[async_trait]
-impl App for Amplify {
-    fn name(&self) -> &str {
-        "amplify"
-    }
-    async fn handle(&self, msg: &mut IncomingMessage) -> Result<bool, AppError> {
-        if msg.text == "poison" {
-            // PostgreSQL's text cannot hold NUL: the database refuses it.
-            msg.respond("bad\0byte");
-            return Ok(true);
         }
         Ok(false)
     }
@@ -264,7 +246,7 @@ async fn a_poison_message_ends_e_while_the_rest_of_its_batch_succeeds() {
     ))
     .await;
     let worker = db
-        .worker_with(test_config(), vec![Arc::new(Amplify), Arc::new(Echo)])
+        .worker_with(test_config(), vec![Arc::new(PoisonReply), Arc::new(Echo)])
         .await;
     worker.drain().await.unwrap();
     let poison = db

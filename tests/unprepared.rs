@@ -6,28 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use common::{test_config, TestDb};
-use dbrouter::apps::{App, AppError, Echo, IncomingMessage, Pipeline};
+use common::{test_config, PoisonReply, TestDb};
+use dbrouter::apps::{App, Echo, Pipeline};
 use dbrouter::worker::Worker;
 use serde_json::json;
-
-/// Replies with text the database refuses when the message says "poison".
-struct Poison;
-
-#[async_trait]
-impl App for Poison {
-    fn name(&self) -> &str {
-        "poison"
-    }
-    async fn handle(&self, msg: &mut IncomingMessage) -> Result<bool, AppError> {
-        if msg.text == "poison" {
-            msg.respond("bad\0byte");
-            return Ok(true);
-        }
-        Ok(false)
-    }
-}
 
 #[tokio::test]
 async fn inbound_batches_and_their_poison_isolation_run_without_named_statements() {
@@ -44,18 +26,13 @@ async fn inbound_batches_and_their_poison_isolation_run_without_named_statements
     let pool = dbrouter::db::connect(&db.url, 1).await.unwrap();
     let mut cfg = test_config();
     cfg.batch_size = 3;
-    let apps: Vec<Arc<dyn App>> = vec![Arc::new(Poison), Arc::new(Echo)];
+    let apps: Vec<Arc<dyn App>> = vec![Arc::new(PoisonReply), Arc::new(Echo)];
     let worker = Worker::new(pool.clone(), cfg, Pipeline::new(apps))
         .await
         .unwrap();
     worker.drain().await.unwrap();
     assert_eq!(
-        db.scalar_str(
-            "SELECT string_agg(direction || status || n, ',' ORDER BY direction, status)
-               FROM (SELECT direction, status, count(*) AS n FROM dbrouter.messages
-                      GROUP BY 1, 2) x"
-        )
-        .await,
+        db.message_states().await,
         "IE1,IR4,OS4",
         "the poison message alone ends E; the others are answered"
     );

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dbrouter::apps::{App, Echo, Pipeline};
+use async_trait::async_trait;
+use dbrouter::apps::{App, AppError, Echo, IncomingMessage, Pipeline};
 use dbrouter::worker::Worker;
 use dbrouter::WorkerConfig;
 use serde_json::Value;
@@ -134,6 +135,16 @@ impl TestDb {
             .expect("start worker")
     }
 
+    /// How many messages are in each direction and status, e.g. "IR1,OS3".
+    pub async fn message_states(&self) -> String {
+        self.scalar_str(
+            "SELECT coalesce(string_agg(direction || status || n, ',' ORDER BY direction, status), '')
+               FROM (SELECT direction, status, count(*) AS n FROM dbrouter.messages
+                      GROUP BY 1, 2) x",
+        )
+        .await
+    }
+
     /// Message counters must always equal a recount of the transmissions.
     pub async fn assert_counters_consistent(&self) {
         let bad = self
@@ -165,6 +176,24 @@ impl TestDb {
             .execute(&admin)
             .await;
         }
+    }
+}
+
+/// Replies with text the database refuses (PostgreSQL's text cannot hold
+/// NUL) when the message says "poison".
+pub struct PoisonReply;
+
+#[async_trait]
+impl App for PoisonReply {
+    fn name(&self) -> &str {
+        "poison"
+    }
+    async fn handle(&self, msg: &mut IncomingMessage) -> Result<bool, AppError> {
+        if msg.text == "poison" {
+            msg.respond("bad\0byte");
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 
