@@ -1,33 +1,17 @@
--- Claim up to $2 due transmissions of backend $1 across messages, mark them
--- P with lease token $3 for $4 seconds, and return what the sender needs.
--- Highest priority first (replies are 1, bulk 0), then the longest due.
--- Nothing is claimed while the backend is disabled, paused or throttled
--- (checked here too, so a pause holds at once even for a worker that has
--- not reloaded the backends yet), and no row past its deadline is taken:
--- the expiry sweep ends those E.
+-- Claim up to $2 due transmissions of backend $1 across messages (which
+-- ones, in what order: sql/outbound_due.sql, the start of this statement),
+-- mark them P with lease token $3 for $4 seconds, and return what the
+-- sender needs.
 --
--- Locks: the claimed `transmissions` rows (FOR UPDATE SKIP LOCKED, so
--- concurrent workers take disjoint batches without waiting), only until this
--- short transaction commits; from then on the lease protects them. A row is
--- due when its `due_at` has passed: a queued row, a retry whose backoff has
--- elapsed, or a P row whose lease expired because its worker died.
--- (outbound_write_sent.sql selects its rows with this same `due` query, and
--- rolls messages up as outbound_finish.sql does: change them together.)
--- Messages still Q (or whose errored transmissions are being retried) are
--- locked in id order, so claims and finishes touching the same messages
--- cannot deadlock, and get their counters and status updated by deltas.
-WITH due AS (
-    SELECT t.id, t.status AS was
-      FROM dbrouter.transmissions t
-     WHERE t.backend_id = $1 AND t.due_at <= now()
-       AND (t.expires_at IS NULL OR t.expires_at > now())
-       AND EXISTS (SELECT 1 FROM dbrouter.backends b
-                    WHERE b.id = $1 AND b.enabled AND b.paused_at IS NULL
-                      AND (b.throttled_until IS NULL OR b.throttled_until <= now()))
-     ORDER BY t.priority DESC, t.due_at, t.id
-     LIMIT $2
-       FOR UPDATE SKIP LOCKED
-), claimed AS (
+-- Locks: the claimed `transmissions` rows (FOR UPDATE SKIP LOCKED), only
+-- until this short transaction commits; from then on the lease protects
+-- them. Messages still Q (or whose errored transmissions are being
+-- retried) are locked in id order, so claims and finishes touching the
+-- same messages cannot deadlock, and get their counters and status updated
+-- by deltas. (outbound_write_sent.sql rolls messages up as
+-- outbound_finish.sql does: change them together.)
+-- (continues sql/outbound_due.sql: WITH due AS (...))
+, claimed AS (
     UPDATE dbrouter.transmissions t
        SET status = 'P',
            lease_token = $3,

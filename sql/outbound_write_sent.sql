@@ -9,7 +9,8 @@
 -- token, recorded like a lease token), $4 the backend's name.
 --
 -- Which rows are due, and the order and checks of the claim, are
--- outbound_claim.sql's. Locks: the claimed transmissions (FOR UPDATE SKIP
+-- sql/outbound_due.sql's (the start of this statement, as of
+-- outbound_claim.sql's). Locks: the claimed transmissions (FOR UPDATE SKIP
 -- LOCKED, so concurrent workers take disjoint batches without waiting) and
 -- then their messages in id order (as the claim and the finish do, so none
 -- of them can deadlock with another), until the transaction commits.
@@ -26,18 +27,8 @@
 -- PostgreSQL cannot turn into a hash or merge join over a whole table.
 -- (Joined to the CTEs, the generic plan read all transmissions and all
 -- connections per batch; tests/plans.rs checks this one.)
-WITH due AS (
-    SELECT t.id, t.status AS was
-      FROM dbrouter.transmissions t
-     WHERE t.backend_id = $1 AND t.due_at <= now()
-       AND (t.expires_at IS NULL OR t.expires_at > now())
-       AND EXISTS (SELECT 1 FROM dbrouter.backends b
-                    WHERE b.id = $1 AND b.enabled AND b.paused_at IS NULL
-                      AND (b.throttled_until IS NULL OR b.throttled_until <= now()))
-     ORDER BY t.priority DESC, t.due_at, t.id
-     LIMIT $2
-       FOR UPDATE SKIP LOCKED
-), sent AS (
+-- (continues sql/outbound_due.sql: WITH due AS (...))
+, sent AS (
     UPDATE dbrouter.transmissions t
        SET status = 'S',
            lease_token = NULL,

@@ -60,6 +60,19 @@ pub async fn claim(
     Ok(rows)
 }
 
+/// The claim: `sql/outbound_due.sql` (which rows are due), then what this
+/// statement does with them.
+const CLAIM_SQL: &str = concat!(
+    include_str!("../sql/outbound_due.sql"),
+    include_str!("../sql/outbound_claim.sql")
+);
+
+/// The batch written sent: the same start as [`CLAIM_SQL`], then its own.
+pub const WRITE_SENT_SQL: &str = concat!(
+    include_str!("../sql/outbound_due.sql"),
+    include_str!("../sql/outbound_write_sent.sql")
+);
+
 async fn claim_on(
     conn: &mut PgConnection,
     backend_id: i32,
@@ -67,7 +80,7 @@ async fn claim_on(
     token: i64,
     lease: Duration,
 ) -> std::result::Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as::<_, Claimed>(include_str!("../sql/outbound_claim.sql"))
+    sqlx::query_as::<_, Claimed>(CLAIM_SQL)
         .persistent(crate::db::prepared())
         .bind(backend_id)
         .bind(limit)
@@ -514,7 +527,7 @@ async fn write_sent(
     token: i64,
 ) -> std::result::Result<usize, sqlx::Error> {
     let mut tx = pool.begin_with(crate::db::BEGIN_KEYED).await?;
-    let (sent,): (i64,) = sqlx::query_as(include_str!("../sql/outbound_write_sent.sql"))
+    let (sent,): (i64,) = sqlx::query_as(WRITE_SENT_SQL)
         .persistent(crate::db::prepared())
         .bind(entry.id)
         .bind(i64::from(entry.batch_size))
@@ -531,7 +544,7 @@ async fn write_sent(
 /// claim, inside `tx` (which the caller rolls back), for its prepared
 /// statement and generic plan (see `inbound::warm_up`).
 pub(crate) async fn warm_up(tx: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
-    let _: (i64,) = sqlx::query_as(include_str!("../sql/outbound_write_sent.sql"))
+    let _: (i64,) = sqlx::query_as(WRITE_SENT_SQL)
         .persistent(true)
         .bind(0i32)
         .bind(0i64)

@@ -231,7 +231,7 @@ async fn the_generic_plan_of_the_batch_written_sent_finds_rows_by_key() {
     let plan = generic_plan(
         &db,
         "integer, bigint, bigint, text",
-        include_str!("../sql/outbound_write_sent.sql"),
+        dbrouter::outbound::WRITE_SENT_SQL,
     )
     .await;
     assert_probes_only("the batch written sent", &plan);
@@ -262,6 +262,7 @@ async fn a_workers_new_connection_holds_its_plans_before_the_first_batch() {
     for statement in [
         include_str!("../sql/inbound_claim.sql"),
         include_str!("../sql/inbound_write.sql"),
+        // (its own part: the statement begins with sql/outbound_due.sql)
         include_str!("../sql/outbound_write_sent.sql"),
     ] {
         let first_line = statement.lines().next().unwrap_or_default();
