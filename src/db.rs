@@ -179,6 +179,7 @@ mod tests {
             (3, "87c242d48da33f660c510b759bdc941b4116ada3c04ba6c316e76da5182d814c24905112bbdcdb5e189a499c5975acd3"),
             (4, "b4d76308ef2a26a7c681bd2d721a342207427d722a272f68c7bfed11e702be8b79acc69117ae767ac745175df9ee53d2"),
             (5, "0bad1ead2d2ea65c5f6f19ed4b8999154e806eafb428dcb9908e899eba1f352115749d5b98e80d4b409a080f61da8b35"),
+            (6, "c29891749aebb1c762d8cf77db2a79bfcfdf4a1d6fda2896c878db1deab697b61176bbc47dc5b289aaac4c82883c0111"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR
