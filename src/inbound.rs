@@ -145,12 +145,13 @@ pub async fn run_batch(
     })
 }
 
-/// Run the claim and the write once on a fresh connection, with nothing to
-/// claim or write, inside `tx` (which the caller rolls back): PostgreSQL
-/// then holds their prepared statements and generic plans, and has the
-/// reference-check triggers compiled, before the first real batch. Cold,
-/// the first batch on each connection took ~5 ms more (planning the write,
-/// compiling the triggers), which set the bench's latency p99.
+/// Prepare the claim as [`CLAIM_STATEMENT`] on a fresh connection, and run
+/// it and the write once with nothing to claim or write, inside `tx` (which
+/// the caller rolls back; the `PREPARE` stays, it is not transactional):
+/// PostgreSQL then holds their prepared statements and generic plans
+/// before the first real batch. Cold, the first batch on each connection
+/// took ~5 ms more (planning the write, compiling the triggers it fired
+/// then), which set the bench's latency p99.
 pub(crate) async fn warm_up(tx: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
     prepare_claim(tx).await?;
     sqlx::raw_sql(AssertSqlSafe(format!("EXECUTE {}(0)", *CLAIM_STATEMENT)))
