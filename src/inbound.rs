@@ -191,9 +191,10 @@ fn not_prepared(e: &sqlx::Error) -> bool {
 
 /// An inbound batch's transaction on a pooled connection. Not sqlx's
 /// `Transaction`, whose begin cannot return rows (see [`begin_and_claim`]).
-/// Dropped before it ends (an error on the way), its connection is closed
-/// instead of going back to the pool mid-transaction: the server then aborts
-/// the transaction, which releases the claimed messages at once.
+/// Dropped before it ends (an error whose rollback failed too), its
+/// connection is closed instead of going back to the pool mid-transaction:
+/// the server then aborts the transaction, which releases the claimed
+/// messages at once.
 struct BatchTx {
     conn: PoolConnection<Postgres>,
     open: bool,
@@ -225,18 +226,30 @@ impl Drop for BatchTx {
 }
 
 /// Begin the batch's transaction, claim up to `batch` messages and take the
-/// savepoint of the first chunk's write (see [`write`]). With prepared
-/// statements that is one round trip instead of three (BEGIN, claim,
-/// SAVEPOINT: 0.1-0.2 ms each here, on the latency path): one simple query
-/// that runs the claim prepared as [`CLAIM_STATEMENT`], its rows coming back
-/// as text. A session without that statement (its warm-up failed) prepares
-/// it and goes again; if it is missing again right after (a pooler), the
-/// worker stops using it.
+/// savepoint of the first chunk's write (see [`write`]). A failure on the
+/// way rolls the transaction back (or closes the connection if that fails
+/// too), as a failed write does.
 async fn begin_and_claim(pool: &PgPool, batch: i64) -> Result<(BatchTx, Vec<Row>)> {
     let mut tx = BatchTx {
         conn: pool.acquire().await?,
         open: true,
     };
+    match claim(&mut tx.conn, batch).await {
+        Ok(rows) => Ok((tx, rows)),
+        Err(e) => {
+            tx.abandon().await;
+            Err(e)
+        }
+    }
+}
+
+/// The steps of [`begin_and_claim`]. With prepared statements they are one
+/// round trip instead of three (BEGIN, claim, SAVEPOINT: 0.1-0.2 ms each
+/// here, on the latency path): one simple query that runs the claim
+/// prepared as [`CLAIM_STATEMENT`], its rows coming back as text. A session
+/// without that statement (its warm-up failed) prepares it and goes again;
+/// if it is missing again right after (a pooler), the worker stops using it.
+async fn claim(conn: &mut PgConnection, batch: i64) -> Result<Vec<Row>> {
     if crate::db::prepared() && SESSION_STATEMENTS.load(Ordering::Relaxed) {
         let sql = format!(
             "{}; EXECUTE {}({batch}); SAVEPOINT chunk",
@@ -246,18 +259,17 @@ async fn begin_and_claim(pool: &PgPool, batch: i64) -> Result<(BatchTx, Vec<Row>
         let mut prepared = false;
         loop {
             match sqlx::raw_sql(AssertSqlSafe(sql.clone()))
-                .fetch_all(&mut *tx.conn)
+                .fetch_all(&mut *conn)
                 .await
             {
                 Ok(rows) => {
-                    let rows = rows
+                    return Ok(rows
                         .iter()
                         .map(Row::from_row)
-                        .collect::<std::result::Result<Vec<Row>, _>>()?;
-                    return Ok((tx, rows));
+                        .collect::<std::result::Result<Vec<Row>, _>>()?);
                 }
                 Err(e) if not_prepared(&e) => {
-                    sqlx::raw_sql("ROLLBACK").execute(&mut *tx.conn).await?;
+                    sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
                     if prepared {
                         tracing::info!(
                             "session-level prepared statements do not stay with this \
@@ -266,28 +278,23 @@ async fn begin_and_claim(pool: &PgPool, batch: i64) -> Result<(BatchTx, Vec<Row>
                         SESSION_STATEMENTS.store(false, Ordering::Relaxed);
                         break;
                     }
-                    prepare_claim(&mut tx.conn).await?;
+                    prepare_claim(conn).await?;
                     prepared = true;
                 }
-                Err(e) => {
-                    tx.abandon().await;
-                    return Err(e.into());
-                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
     sqlx::raw_sql(crate::db::BEGIN_KEYED)
-        .execute(&mut *tx.conn)
+        .execute(&mut *conn)
         .await?;
     let rows = sqlx::query_as(CLAIM_SQL)
         .persistent(crate::db::prepared())
         .bind(batch)
-        .fetch_all(&mut *tx.conn)
+        .fetch_all(&mut *conn)
         .await?;
-    sqlx::raw_sql("SAVEPOINT chunk")
-        .execute(&mut *tx.conn)
-        .await?;
-    Ok((tx, rows))
+    sqlx::raw_sql("SAVEPOINT chunk").execute(&mut *conn).await?;
+    Ok(rows)
 }
 
 /// The lease replies are inserted under when their backend can send now,
