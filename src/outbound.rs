@@ -356,7 +356,9 @@ async fn finish_chunk(
     give_up: Instant,
 ) -> std::result::Result<u64, sqlx::Error> {
     let arrays = OutcomeArrays::new(outcomes);
-    let mut pause = Duration::from_millis(100);
+    // The first retry goes at once: the usual transient error here is a
+    // pooled connection that died while idle, and the next one is fine.
+    let mut pause = Duration::ZERO;
     loop {
         let result = record_outcomes(pool, cfg, token, &arrays, record_as).await;
         match result {
@@ -364,7 +366,7 @@ async fn finish_chunk(
             Err(e) if is_transient(&e) && Instant::now() + pause < give_up => {
                 tracing::warn!(error = %e, "could not record a batch's outcomes; retrying");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                pause = (pause * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }

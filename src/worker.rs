@@ -49,6 +49,8 @@ pub struct Worker {
     swept_at: Mutex<Option<Instant>>,
 }
 
+/// A pooled connection idle this long is pinged before use (connect_lazy).
+const PING_IF_IDLE: Duration = Duration::from_secs(1);
 /// How often each worker runs the expiry sweep.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Transmissions ended per sweep statement.
@@ -75,8 +77,24 @@ pub struct Pass {
 /// prepared statements (behind PgBouncer the next transaction may get
 /// another server connection); a warm-up that fails is logged and the
 /// connection used as it is.
+///
+/// A connection is pinged before use only when it sat idle in the pool for
+/// a second or more (sqlx pings every time by default): under traffic the
+/// ping was one more round trip before every batch, on the latency path
+/// too, and a connection in use a moment ago is rarely the one that died.
+/// One that died anyway (the server restarted within the second) fails its
+/// batch's first statement: that batch's transaction is gone with it, the
+/// lane retries (a batch's outcomes are written again at once, on
+/// another connection), and sqlx drops the dead one when it comes back to the pool.
 pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool> {
     Ok(db::pool_options(max_connections)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                // Ok(false): closed and another taken, without a warning.
+                Ok(meta.idle_for < PING_IF_IDLE || conn.ping().await.is_ok())
+            })
+        })
         .after_connect(|conn, _| {
             Box::pin(async move {
                 if db::prepared() {
