@@ -15,6 +15,7 @@ pub mod backends;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fanout;
 pub mod inbound;
 pub mod outbound;
 pub mod registry;

@@ -1,23 +1,26 @@
 //! `dbrouter worker`: lanes that claim and process batches until shutdown.
 //!
-//! Each of `--concurrency` lanes loops: one inbound batch, then one outbound
-//! batch per enabled backend (starting at a different backend each pass, so
-//! one busy backend does not always go first). After a pass in which some
+//! Each of `--concurrency` lanes loops: one inbound batch, then one part of
+//! a large broadcast to expand into transmissions (when there may be one;
+//! see `fanout`), then one outbound batch per enabled backend (starting at a
+//! different backend each pass, so one busy backend does not always go
+//! first). After a pass in which some
 //! batch came back full, the lane goes again at once and wakes one more lane;
 //! otherwise it waits for a wake-up or the poll interval, whichever comes
 //! first. A notification (LISTEN on channel `dbrouter`) wakes one lane, so
 //! the lanes at work grow with the backlog rather than every lane racing for
 //! every insert. Notifications can be lost while the listener is
 //! reconnecting, so the poll is the safety net, and after every reconnect
-//! (and every configuration change) all lanes are woken to look. A rate-limited or throttled backend makes the
-//! lane wait only until its next token (or the end of the Retry-After).
+//! (and every configuration change, and every large broadcast) all lanes
+//! are woken to look. A rate-limited or throttled backend makes the lane
+//! wait only until its next token (or the end of the Retry-After).
 //!
 //! About once a second each worker also sweeps expired and cancelled
 //! transmissions (E "expired"/"cancelled"); the claim never takes them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
@@ -31,7 +34,7 @@ use crate::config::WorkerConfig;
 use crate::db::{self, Conn};
 use crate::error::Result;
 use crate::registry::{self, BackendEntry};
-use crate::{inbound, outbound};
+use crate::{fanout, inbound, outbound};
 
 /// The channel enqueues notify.
 pub const CHANNEL: &str = "dbrouter";
@@ -45,12 +48,38 @@ pub struct Worker {
     loaded_at: Mutex<Instant>,
     config_dirty: AtomicBool,
     wake: Notify,
+    /// Whether some large broadcast may have parts left to expand: set by
+    /// its notification, by polls and reconnects; cleared by a pass that
+    /// found none (so passes do not ask when there is nothing).
+    fanouts: AtomicBool,
     next_backend: AtomicUsize,
     swept_at: Mutex<Option<Instant>>,
 }
 
 /// A pooled connection idle this long is pinged before use (connect_lazy).
 const PING_IF_IDLE: Duration = Duration::from_secs(1);
+/// After a connection was found dead, every connection is pinged before
+/// use for this long: its pool mates probably died with it (a restart, a
+/// cut), and each would otherwise fail a batch of its own.
+const PING_ALL_FOR: Duration = Duration::from_secs(10);
+
+/// Until when (milliseconds on [`CLOCK`]) every pooled connection is pinged.
+static PING_ALL_UNTIL: AtomicU64 = AtomicU64::new(0);
+static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn clock_ms() -> u64 {
+    u64::try_from(CLOCK.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A connection of this process was found dead: ping them all for a while.
+fn suspect_connections() {
+    let until = clock_ms().saturating_add(PING_ALL_FOR.as_millis() as u64);
+    PING_ALL_UNTIL.store(until, Ordering::Relaxed);
+}
+
+fn pinging_all() -> bool {
+    clock_ms() < PING_ALL_UNTIL.load(Ordering::Relaxed)
+}
 /// How often each worker runs the expiry sweep.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Transmissions ended per sweep statement.
@@ -61,6 +90,8 @@ const SWEEP_LIMIT: i32 = 1000;
 pub struct Pass {
     /// Rows claimed in this pass.
     pub claimed: usize,
+    /// Transmissions written by expanding a large broadcast's part.
+    pub expanded: usize,
     /// Whether some batch was full (there may be more right away).
     pub full: bool,
     /// The soonest a rate-limited or throttled backend can go on.
@@ -84,15 +115,18 @@ pub struct Pass {
 /// too, and a connection in use a moment ago is rarely the one that died.
 /// One that died anyway (the server restarted within the second) fails its
 /// batch's first statement: that batch's transaction is gone with it, the
-/// lane retries (a batch's outcomes are written again at once, on
-/// another connection), and sqlx drops the dead one when it comes back to the pool.
+/// lane retries (a batch's outcomes are written again at once, on another
+/// connection), sqlx drops the dead one when it comes back to the pool,
+/// and for the next 10 s every connection is pinged again (so does a lost
+/// LISTEN connection), so its pool mates are found out before use.
 pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool> {
     Ok(db::pool_options(max_connections)
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
                 // Ok(false): closed and another taken, without a warning.
-                Ok(meta.idle_for < PING_IF_IDLE || conn.ping().await.is_ok())
+                let trusted = meta.idle_for < PING_IF_IDLE && !pinging_all();
+                Ok(trusted || conn.ping().await.is_ok())
             })
         })
         .after_connect(|conn, _| {
@@ -128,6 +162,7 @@ impl Worker {
             loaded_at: Mutex::new(Instant::now()),
             config_dirty: AtomicBool::new(false),
             wake: Notify::new(),
+            fanouts: AtomicBool::new(true),
             next_backend: AtomicUsize::new(0),
             swept_at: Mutex::new(None),
         }))
@@ -174,11 +209,12 @@ impl Worker {
     /// Process until a pass finds no due work (used by tests and `--exit-when-idle`).
     pub async fn drain(&self) -> Result<usize> {
         let mut total = 0;
+        self.fanouts.store(true, Ordering::Release);
         loop {
             self.sweep_expired().await?;
             let pass = self.work_once().await?;
             total += pass.claimed;
-            if pass.claimed == 0 {
+            if pass.claimed == 0 && pass.expanded == 0 {
                 return Ok(total);
             }
         }
@@ -217,6 +253,22 @@ impl Worker {
                     hand_off.claimed_at,
                 )
                 .await?;
+            }
+        }
+
+        if self.fanouts.swap(false, Ordering::AcqRel) {
+            match fanout::expand(&self.pool).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    // Maybe more parts: this lane goes again (and recruits).
+                    self.fanouts.store(true, Ordering::Release);
+                    pass.expanded += n;
+                    pass.full = true;
+                }
+                Err(e) => {
+                    self.fanouts.store(true, Ordering::Release);
+                    return Err(e);
+                }
             }
         }
 
@@ -336,6 +388,9 @@ impl Worker {
                         .map_or(self.cfg.poll_interval, |w| w.min(self.cfg.poll_interval))
                 }
                 Err(e) => {
+                    if matches!(&e, crate::error::Error::Db(db) if db::is_transient(db)) {
+                        suspect_connections();
+                    }
                     failures = failures.saturating_add(1);
                     let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
                     tracing::warn!(error = %e, retry_in = ?pause, "worker pass failed; will retry");
@@ -344,7 +399,10 @@ impl Worker {
             };
             tokio::select! {
                 _ = self.wake.notified(), if failures == 0 => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait) => {
+                    // The poll is the safety net for fan-outs too.
+                    self.fanouts.store(true, Ordering::Release);
+                }
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -376,6 +434,7 @@ impl Worker {
             pause = Duration::from_millis(200);
             // Anything enqueued while we were not listening: look now.
             self.config_dirty.store(true, Ordering::Release);
+            self.fanouts.store(true, Ordering::Release);
             self.wake_lanes();
             loop {
                 tokio::select! {
@@ -384,16 +443,23 @@ impl Worker {
                             if n.payload() == "config" {
                                 self.config_dirty.store(true, Ordering::Release);
                                 self.wake_lanes();
+                            } else if n.payload() == "fanout" {
+                                // A large broadcast: every lane helps expand it.
+                                self.fanouts.store(true, Ordering::Release);
+                                self.wake_lanes();
                             } else {
                                 self.wake_one();
                             }
                         }
                         Ok(None) => {
+                            suspect_connections();
                             tracing::warn!("listener connection lost; reconnected");
                             self.config_dirty.store(true, Ordering::Release);
+                            self.fanouts.store(true, Ordering::Release);
                             self.wake_lanes();
                         }
                         Err(e) => {
+                            suspect_connections();
                             tracing::warn!(error = %e, "listener failed; reconnecting");
                             break;
                         }

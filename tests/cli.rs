@@ -120,16 +120,27 @@ async fn backend_receive_send_worker_and_status_from_the_command_line() {
         text(&ok)
     );
 
+    let audience: Vec<String> = (0..1500).map(|i| format!("+9{i}")).collect();
+    let big = db.broadcast("sms", &audience, "big news").await;
+
     let status = text(&dbrouter(url, &["status"]));
     assert!(status.contains("sms") && status.contains(" Q "), "{status}");
+    assert!(
+        status.contains(&format!(
+            "broadcast {big} (sms): 1500 identities in 2 part(s) not yet given transmissions"
+        )),
+        "{status}"
+    );
 
     let run = dbrouter(url, &["worker", "--apps", "echo", "--exit-when-idle"]);
     assert!(run.status.success(), "{}", text(&run));
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM dbrouter.database_backend_sends")
             .await,
-        3
+        3 + 1500,
+        "--exit-when-idle waits for the broadcast's parts too"
     );
+    assert!(!text(&dbrouter(url, &["status"])).contains("not yet given"));
 
     let bad = dbrouter(url, &["worker", "--lease", "10s", "--send-timeout", "6s"]);
     assert!(!bad.status.success());

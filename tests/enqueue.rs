@@ -105,6 +105,8 @@ async fn broadcast_dedupes_identities_and_returns_the_message() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
+    // Over 1,000 identities: the workers expand them (here, by hand).
+    db.exec("SELECT dbrouter.fan_out(10)").await;
     assert_eq!(
         db.scalar_i64(&format!(
             "SELECT count(*) FROM dbrouter.transmissions WHERE message_id = {id}"

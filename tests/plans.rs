@@ -83,15 +83,21 @@ async fn generic_plan(db: &TestDb, types: &str, sql: &str) -> Value {
     plan
 }
 
-/// A database right after a 20,000-identity broadcast (broadcast()
-/// analyzes the table itself from 10,000 on), with 300 inbound messages
-/// queued since.
+/// A database right after a 20,000-identity broadcast was expanded (its
+/// expansion analyzes the table once 10,000 are in), with 300 inbound
+/// messages queued since.
 async fn after_a_large_broadcast() -> TestDb {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
     let audience: Vec<String> = (0..20_000).map(|i| format!("+2557{i:08}")).collect();
     db.broadcast("gw", &audience, "Clinic closed on Friday")
         .await;
+    db.exec("SELECT dbrouter.fan_out(100)").await;
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.transmissions")
+            .await,
+        20_000
+    );
     db.exec(
         "INSERT INTO dbrouter.inbox (backend, identity, text)
          SELECT 'gw', '+2558' || lpad(i::text, 8, '0'), 'echo ' || i FROM generate_series(1, 300) i",
@@ -109,7 +115,10 @@ async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
               WHERE schemaname = 'dbrouter' AND tablename = 'transmissions' AND attname = 'message_id'",
         )
         .await;
-    assert_eq!(stats, "-0.5", "the override survives broadcast()'s ANALYZE");
+    assert_eq!(
+        stats, "-0.5",
+        "the override survives the expansion's ANALYZE"
+    );
 
     // Planned as a worker plans them: in an inbound batch's transaction.
     let mut tx = db.pool.begin_with(dbrouter::db::BEGIN_KEYED).await.unwrap();
@@ -159,7 +168,7 @@ async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
 
 /// A first broadcast planned while `connections` is recorded empty (here:
 /// VACUUM ANALYZE right after install) must not read that table once per
-/// identity while the statement fills it (71 s for 100,000 identities before
+/// identity while the statement (now: its parts' expansion) fills it (71 s for 100,000 identities before
 /// the enqueue functions ran without sequential scans). Counted in
 /// sequential scans of the table, not in seconds: the rows the statement adds
 /// are invisible to its own scans, so only the number of scans shows it.
@@ -175,6 +184,12 @@ async fn a_first_broadcast_after_vacuum_of_empty_tables_does_not_rescan_per_iden
         .execute(&mut *conn)
         .await
         .unwrap();
+    // Its connections are written as its parts are expanded.
+    let (n,): (i32,) = sqlx::query_as("SELECT dbrouter.fan_out(100)")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 5_000);
     // Make this session's table counters visible to the next transaction.
     sqlx::query("SELECT pg_stat_force_next_flush()")
         .execute(&mut *conn)

@@ -283,7 +283,8 @@ async fn wait_idle(pool: &PgPool, poll: Duration) -> Result<()> {
             .await?;
         let (busy,): (bool,) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM dbrouter.messages WHERE direction = 'I' AND status = 'Q')
-                 OR EXISTS (SELECT 1 FROM dbrouter.transmissions WHERE due_at IS NOT NULL)",
+                 OR EXISTS (SELECT 1 FROM dbrouter.transmissions WHERE due_at IS NOT NULL)
+                 OR EXISTS (SELECT 1 FROM dbrouter.fanouts)",
         )
         .fetch_one(&mut *tx)
         .await?;

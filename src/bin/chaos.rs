@@ -560,7 +560,8 @@ async fn settle(
         workers.revive(figures)?;
         let busy: Result<(i64,), _> = sqlx::query_as(
             "SELECT (SELECT count(*) FROM dbrouter.messages WHERE direction = 'I' AND status = 'Q')
-                  + (SELECT count(*) FROM dbrouter.transmissions WHERE due_at IS NOT NULL)",
+                  + (SELECT count(*) FROM dbrouter.transmissions WHERE due_at IS NOT NULL)
+                  + (SELECT count(*) FROM dbrouter.fanouts)",
         )
         .fetch_one(pool)
         .await;
@@ -677,6 +678,22 @@ async fn check(
         lost.is_empty(),
         &format!("{lost:?}"),
     );
+
+    // Large broadcasts are expanded by the workers, a part at a time: every
+    // identity of an acknowledged one ends up with exactly one transmission.
+    let ids: Vec<String> = acked_broadcasts.iter().map(i64::to_string).collect();
+    r.none(
+        pool,
+        "broadcasts without one transmission per identity",
+        "messages",
+        &format!(
+            "SELECT m.id FROM dbrouter.messages m
+              WHERE m.id = ANY ('{{{}}}'::bigint[])
+                AND m.n_total <> (SELECT count(*) FROM dbrouter.transmissions t WHERE t.message_id = m.id)",
+            ids.join(",")
+        ),
+    )
+    .await?;
 
     r.check(
         "seconds for the queues to settle after the faults",

@@ -1,0 +1,12 @@
+-- Expand up to $1 parts of large broadcasts into their connections and
+-- transmissions (dbrouter.fan_out in migrations/0007_fanout.sql); returns
+-- the transmissions written.
+--
+-- Locks: the parts it takes, FOR UPDATE SKIP LOCKED (workers expand
+-- disjoint parts, and one whose worker died is free again once that
+-- connection's transaction is gone); the connections and transmissions it
+-- inserts; the message row, only when some of the part's identities have
+-- opted out (its error count). Runs in a transaction of its own, which
+-- also deletes the parts it expanded: a part is expanded once, or not at
+-- all.
+SELECT dbrouter.fan_out($1)
