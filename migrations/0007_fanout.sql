@@ -176,10 +176,11 @@ SELECT f.message_id,
  GROUP BY f.message_id, b.name;
 
 -- ===========================================================================
--- broadcast(): as in 0004, except that more than 1,000 distinct identities
--- go to dbrouter.fanouts instead of being written here, and its ANALYZE
+-- broadcast(): as in 0004 up to the message's insert; then the identities
+-- go to dbrouter.fanouts, and a broadcast of one part (up to 1,000) expands
+-- it at once, a larger one leaves its parts to the workers. Its ANALYZE
 -- (for 10,000 or more) moved to their expansion (fan_out, above): the rows
--- it was for do not exist yet when it returns. Up to 1,000 it never ran. The settings 0005 and 0006 gave it
+-- it was for do not exist yet when it returns. The settings 0005 and 0006 gave it
 -- are restated (CREATE OR REPLACE keeps them only if given again).
 -- ===========================================================================
 CREATE OR REPLACE FUNCTION dbrouter.broadcast(backend text, identities text[], text text,
@@ -194,7 +195,6 @@ DECLARE
     b dbrouter.backends%ROWTYPE;
     v_ids text[];
     v_message_id bigint;
-    v_opted integer;
     v_expires timestamptz;
     problem text;
     part_size constant integer := 1000;
@@ -245,51 +245,15 @@ BEGIN
         RETURN v_message_id;
     END IF;
 
+    INSERT INTO dbrouter.fanouts (message_id, part, backend_id, identities)
+    SELECT v_message_id, k, b.id, v_ids[(k - 1) * part_size + 1 : k * part_size]
+      FROM generate_series(1, (cardinality(v_ids) + part_size - 1) / part_size) AS k;
     IF cardinality(v_ids) > part_size THEN
-        INSERT INTO dbrouter.fanouts (message_id, part, backend_id, identities)
-        SELECT v_message_id, k, b.id, v_ids[(k - 1) * part_size + 1 : k * part_size]
-          FROM generate_series(1, (cardinality(v_ids) + part_size - 1) / part_size) AS k;
         PERFORM pg_notify('dbrouter', 'fanout');
         RETURN v_message_id;
     END IF;
-
-    -- Known identities are filtered out by an anti-join first (0004); the
-    -- new ones go in with a plain INSERT, and only when a concurrent
-    -- enqueue committed one of the same identities first does the statement
-    -- fail and run again tolerating it.
-    BEGIN
-        INSERT INTO dbrouter.connections (backend_id, identity)
-        SELECT b.id, i FROM unnest(v_ids) AS i
-         WHERE NOT EXISTS (SELECT 1 FROM dbrouter.connections c WHERE c.backend_id = b.id AND c.identity = i);
-    EXCEPTION WHEN unique_violation THEN
-        INSERT INTO dbrouter.connections (backend_id, identity)
-        SELECT b.id, i FROM unnest(v_ids) AS i
-         WHERE NOT EXISTS (SELECT 1 FROM dbrouter.connections c WHERE c.backend_id = b.id AND c.identity = i)
-        ON CONFLICT DO NOTHING;
-    END;
-
-    WITH ins AS (
-        INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status, due_at,
-                                            priority, expires_at, last_error)
-        SELECT v_message_id, c.id, b.id,
-               CASE WHEN o.connection_id IS NULL THEN 'Q' ELSE 'E' END,
-               CASE WHEN o.connection_id IS NULL THEN greatest(now(), broadcast.send_at) END,
-               broadcast.priority, v_expires,
-               CASE WHEN o.connection_id IS NOT NULL THEN 'opted out' END
-          FROM unnest(v_ids) AS i
-          JOIN dbrouter.connections c ON c.backend_id = b.id AND c.identity = i
-          LEFT JOIN dbrouter.opt_outs o ON o.connection_id = c.id
-        RETURNING status
-    )
-    SELECT count(*) FILTER (WHERE status = 'E') INTO v_opted FROM ins;
-
-    IF v_opted > 0 THEN
-        UPDATE dbrouter.messages m
-           SET n_error = v_opted,
-               status = dbrouter.rollup(m.n_total, v_opted, m.n_done, m.n_delivered)
-         WHERE m.id = v_message_id;
-    END IF;
-
+    -- One part: expanded here, by the same code as the workers' parts.
+    PERFORM dbrouter.expand_fanout_part(v_message_id, 1);
     PERFORM pg_notify('dbrouter', '');
     RETURN v_message_id;
 END
