@@ -29,6 +29,9 @@ CREATE TABLE dbrouter.fanouts (
     backend_id integer NOT NULL REFERENCES dbrouter.backends (id),
     identities text[] NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
+    -- A part whose expansion failed: why, and when it is tried again.
+    error text,
+    retry_at timestamptz,
     PRIMARY KEY (message_id, part),
     CONSTRAINT fanout_identities CHECK (cardinality(identities) BETWEEN 1 AND 1000)
 );
@@ -134,6 +137,12 @@ $$;
 -- transaction ends), oldest message first. Returns the transmissions
 -- written, and wakes the workers if there are any.
 --
+-- A part the database refuses (nothing dbrouter writes should be refused:
+-- broadcast() checked every identity) is isolated like a poison message:
+-- its expansion is undone, the error is kept on the part, it is tried
+-- again a minute later, and the parts behind it go on meanwhile
+-- (dbrouter.fanouts_waiting and `dbrouter status` show it).
+--
 -- With its 10th part (10,000 identities in), a broadcast's expansion ends
 -- with ANALYZE dbrouter.transmissions, as broadcast() itself did for
 -- audiences of 10,000 or more (0004): the claims' plans are made again for
@@ -144,15 +153,27 @@ LANGUAGE plpgsql AS $$
 DECLARE
     p record;
     n integer := 0;
+    v_done integer := 0;
     v_analyze boolean := false;
 BEGIN
-    FOR p IN SELECT f.message_id, f.part FROM dbrouter.fanouts f
-              ORDER BY f.message_id, f.part
-              LIMIT p_parts
-                FOR UPDATE SKIP LOCKED
-    LOOP
-        n := n + dbrouter.expand_fanout_part(p.message_id, p.part);
-        v_analyze := v_analyze OR p.part = 10;
+    WHILE v_done < p_parts LOOP
+        SELECT f.message_id, f.part INTO p FROM dbrouter.fanouts f
+         WHERE f.retry_at IS NULL OR f.retry_at <= now()
+         ORDER BY f.message_id, f.part
+         LIMIT 1
+           FOR UPDATE SKIP LOCKED;
+        EXIT WHEN NOT FOUND;
+        BEGIN
+            n := n + dbrouter.expand_fanout_part(p.message_id, p.part);
+            v_analyze := v_analyze OR p.part = 10;
+            v_done := v_done + 1;
+        EXCEPTION WHEN OTHERS THEN
+            -- (the retry time also keeps the next SELECT off this part)
+            UPDATE dbrouter.fanouts SET error = SQLERRM, retry_at = now() + interval '1 minute'
+             WHERE message_id = p.message_id AND part = p.part;
+            RAISE WARNING 'broadcast % part % cannot be expanded (tried again in a minute): %',
+                p.message_id, p.part, SQLERRM;
+        END;
     END LOOP;
     IF v_analyze THEN
         ANALYZE dbrouter.transmissions;
@@ -170,7 +191,9 @@ SELECT f.message_id,
        b.name AS backend,
        count(*) AS parts,
        sum(cardinality(f.identities)) AS identities,
-       now() - min(f.created_at) AS oldest_age
+       now() - min(f.created_at) AS oldest_age,
+       count(f.error) AS failing_parts,
+       min(f.error) AS error
   FROM dbrouter.fanouts f
   JOIN dbrouter.backends b ON b.id = f.backend_id
  GROUP BY f.message_id, b.name;

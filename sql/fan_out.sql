@@ -6,7 +6,8 @@
 -- disjoint parts, and one whose worker died is free again once that
 -- connection's transaction is gone); the connections and transmissions it
 -- inserts; the message row, only when some of the part's identities have
--- opted out (its error count). Runs in a transaction of its own, which
--- also deletes the parts it expanded: a part is expanded once, or not at
--- all.
+-- opted out (its error count); with a broadcast's 10th part, the ANALYZE
+-- of transmissions (SHARE UPDATE EXCLUSIVE: writers go on, another ANALYZE
+-- waits). Runs in a transaction of its own, which also deletes the parts
+-- it expanded: a part is expanded once, or not at all.
 SELECT dbrouter.fan_out($1)

@@ -346,18 +346,23 @@ pub async fn status(pool: &PgPool, cfg: &WorkerConfig) -> Result<String> {
             "{backend:<20} {direction:<4} {status:<7} {t:>12} {m:>10} {age:>12}"
         );
     }
-    let waiting: Vec<(i64, String, i64, i64)> = sqlx::query_as(
-        "SELECT message_id, backend, parts, identities::bigint
+    let waiting: Vec<(i64, String, i64, i64, i64, Option<String>)> = sqlx::query_as(
+        "SELECT message_id, backend, parts, identities::bigint, failing_parts, error
            FROM dbrouter.fanouts_waiting ORDER BY message_id LIMIT 10",
     )
     .fetch_all(pool)
     .await?;
-    for (message, backend, parts, identities) in waiting {
+    for (message, backend, parts, identities, failing, error) in waiting {
         let _ = writeln!(
             out,
-            "
-broadcast {message} ({backend}): {identities} identities in {parts} part(s) not yet given transmissions; the workers expand them"
+            "\nbroadcast {message} ({backend}): {identities} identities in {parts} part(s) not yet given transmissions; the workers expand them"
         );
+        if let Some(error) = error {
+            let _ = writeln!(
+                out,
+                "  {failing} part(s) failed to expand and are retried every minute: {error} (SELECT * FROM dbrouter.fanouts WHERE error IS NOT NULL)"
+            );
+        }
     }
     let states: Vec<BackendState> = sqlx::query_as(
         "SELECT name, enabled, pause_reason AS paused,

@@ -180,7 +180,7 @@ mod tests {
             (4, "b4d76308ef2a26a7c681bd2d721a342207427d722a272f68c7bfed11e702be8b79acc69117ae767ac745175df9ee53d2"),
             (5, "0bad1ead2d2ea65c5f6f19ed4b8999154e806eafb428dcb9908e899eba1f352115749d5b98e80d4b409a080f61da8b35"),
             (6, "c29891749aebb1c762d8cf77db2a79bfcfdf4a1d6fda2896c878db1deab697b61176bbc47dc5b289aaac4c82883c0111"),
-            (7, "858d2b01d0106adc3fd899be0701f35a568e1b834be3c6cb09e7c39940c5fa36d2141825fe60e1792e29c16404523ac9"),
+            (7, "0aed18ddcdbace98f100a2e9150af5dc3ed101a2bacbf792a4cc87615837ba47fd60153f086ebca3ad038aff22e6eef8"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR

@@ -4,8 +4,8 @@
 //! a large broadcast to expand into transmissions (when there may be one;
 //! see `fanout`), then one outbound batch per enabled backend (starting at a
 //! different backend each pass, so one busy backend does not always go
-//! first). After a pass in which some
-//! batch came back full, the lane goes again at once and wakes one more lane;
+//! first). After a pass in which some batch came back full (or a part was
+//! expanded), the lane goes again at once and wakes one more lane;
 //! otherwise it waits for a wake-up or the poll interval, whichever comes
 //! first. A notification (LISTEN on channel `dbrouter`) wakes one lane, so
 //! the lanes at work grow with the backlog rather than every lane racing for
@@ -80,6 +80,7 @@ fn suspect_connections() {
 fn pinging_all() -> bool {
     clock_ms() < PING_ALL_UNTIL.load(Ordering::Relaxed)
 }
+
 /// How often each worker runs the expiry sweep.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Transmissions ended per sweep statement.
@@ -266,8 +267,10 @@ impl Worker {
                     pass.full = true;
                 }
                 Err(e) => {
+                    // Tried again next pass; the sends below do not wait
+                    // on a part that cannot be expanded now.
                     self.fanouts.store(true, Ordering::Release);
-                    return Err(e);
+                    tracing::warn!(error = %e, "could not expand a broadcast's part; will retry");
                 }
             }
         }

@@ -240,3 +240,49 @@ async fn a_message_with_parts_waiting_cannot_be_deleted_and_its_key_is_kept() {
     assert!(err.contains("still refer to it"), "{err}");
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_part_the_database_refuses_waits_with_its_error_and_the_rest_goes_on() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    let msg = db.broadcast("gw", &ids("+2557", 2500), "news").await;
+    // Nothing dbrouter writes should make this happen: a part broken by hand.
+    db.exec(&format!(
+        "UPDATE dbrouter.fanouts SET identities = ARRAY[''] WHERE message_id = {msg} AND part = 1"
+    ))
+    .await;
+    db.exec("INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('gw', '+1', 'other')")
+        .await;
+
+    let worker = db.worker(test_config()).await;
+    assert_eq!(
+        worker.drain().await.unwrap(),
+        1 + 1500,
+        "the other message and the parts behind the broken one are sent"
+    );
+    assert_eq!(parts(&db).await, "1");
+    let error = db
+        .scalar_str("SELECT error FROM dbrouter.fanouts WHERE retry_at > now()")
+        .await;
+    assert!(error.contains("connection_identity_format"), "{error}");
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "SELECT failing_parts FROM dbrouter.fanouts_waiting WHERE message_id = {msg}"
+        ))
+        .await,
+        1
+    );
+    let status = dbrouter::admin::status(&db.pool, &test_config())
+        .await
+        .unwrap();
+    assert!(status.contains("1 part(s) failed to expand"), "{status}");
+
+    // Mended, it goes at its next try.
+    db.exec(&format!(
+        "UPDATE dbrouter.fanouts SET identities = ARRAY['+19'], retry_at = NULL WHERE message_id = {msg}"
+    ))
+    .await;
+    assert_eq!(worker.drain().await.unwrap(), 1);
+    assert_eq!(parts(&db).await, "");
+    db.drop().await;
+}
