@@ -20,7 +20,7 @@
 -- identity, so it cannot roll up to S, D or E early. Opt-outs are applied as
 -- a part is expanded (an opt-out recorded after the call still counts), the
 -- message's deadline and schedule are read from its row then, and
--- cancel_message() expands what is left before it ends the unsent.
+-- cancel_message() ends the parts left too (expanded straight into E).
 -- ===========================================================================
 
 CREATE TABLE dbrouter.fanouts (

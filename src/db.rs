@@ -180,7 +180,7 @@ mod tests {
             (4, "b4d76308ef2a26a7c681bd2d721a342207427d722a272f68c7bfed11e702be8b79acc69117ae767ac745175df9ee53d2"),
             (5, "0bad1ead2d2ea65c5f6f19ed4b8999154e806eafb428dcb9908e899eba1f352115749d5b98e80d4b409a080f61da8b35"),
             (6, "c29891749aebb1c762d8cf77db2a79bfcfdf4a1d6fda2896c878db1deab697b61176bbc47dc5b289aaac4c82883c0111"),
-            (7, "0aed18ddcdbace98f100a2e9150af5dc3ed101a2bacbf792a4cc87615837ba47fd60153f086ebca3ad038aff22e6eef8"),
+            (7, "74c8fcf0c03e152910a3dbd3fe3668ddc7475f17f54ebb31fa8c8b08ff47ece51f20ddd3dfe59267ee750eb1789fc2d9"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR
