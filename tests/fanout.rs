@@ -4,12 +4,8 @@
 
 mod common;
 
-use common::{test_config, TestDb};
+use common::{numbered, test_config, TestDb};
 use serde_json::json;
-
-fn ids(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}{i:05}")).collect()
-}
 
 async fn parts(db: &TestDb) -> String {
     db.scalar_str(
@@ -29,8 +25,8 @@ async fn a_large_broadcast_is_accepted_in_parts_and_expanded_by_the_workers() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
     // 2,500 distinct identities, 100 of them given twice.
-    let mut audience = ids("+2557", 2500);
-    audience.extend(ids("+2557", 100));
+    let mut audience = numbered("+2557", 2500);
+    audience.extend(numbered("+2557", 100));
     let msg = db.broadcast("gw", &audience, "big news").await;
 
     assert_eq!(
@@ -78,7 +74,7 @@ async fn a_large_broadcast_is_accepted_in_parts_and_expanded_by_the_workers() {
 async fn up_to_a_thousand_identities_are_written_by_the_call_itself() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
-    db.broadcast("gw", &ids("+2557", 1000), "news").await;
+    db.broadcast("gw", &numbered("+2557", 1000), "news").await;
     assert_eq!(parts(&db).await, "");
     assert_eq!(transmissions(&db).await, 1000);
     db.drop().await;
@@ -88,7 +84,7 @@ async fn up_to_a_thousand_identities_are_written_by_the_call_itself() {
 async fn an_expansion_rolled_back_leaves_its_part_and_concurrent_ones_take_others() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
-    let msg = db.broadcast("gw", &ids("+2557", 2500), "news").await;
+    let msg = db.broadcast("gw", &numbered("+2557", 2500), "news").await;
 
     // A worker that dies mid-part: its transaction is rolled back.
     let mut dying = db.pool.begin().await.unwrap();
@@ -131,9 +127,10 @@ async fn an_expansion_rolled_back_leaves_its_part_and_concurrent_ones_take_other
 async fn an_opt_out_recorded_after_the_call_applies_when_the_part_is_expanded() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
-    let audience = ids("+2557", 1500);
+    let audience = numbered("+2557", 1500);
     let msg = db.broadcast("gw", &audience, "news").await;
-    db.exec("SELECT dbrouter.opt_out('gw', '+255701200')").await;
+    db.exec("SELECT dbrouter.opt_out('gw', '+2557001200')")
+        .await;
 
     let worker = db.worker(test_config()).await;
     worker.drain().await.unwrap();
@@ -141,7 +138,7 @@ async fn an_opt_out_recorded_after_the_call_applies_when_the_part_is_expanded() 
         db.scalar_str(
             "SELECT t.status || ' ' || t.last_error FROM dbrouter.transmissions t
                JOIN dbrouter.connections c ON c.id = t.connection_id
-              WHERE c.identity = '+255701200'"
+              WHERE c.identity = '+2557001200'"
         )
         .await,
         "E opted out"
@@ -167,7 +164,7 @@ async fn an_opt_out_recorded_after_the_call_applies_when_the_part_is_expanded() 
 async fn cancelling_ends_the_parts_not_yet_expanded_too() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
-    let msg = db.broadcast("gw", &ids("+2557", 2500), "news").await;
+    let msg = db.broadcast("gw", &numbered("+2557", 2500), "news").await;
     db.exec("SELECT dbrouter.fan_out(1)").await;
     assert_eq!(parts(&db).await, "1000,500");
 
@@ -197,7 +194,7 @@ async fn cancelling_ends_the_parts_not_yet_expanded_too() {
 async fn bad_input_in_a_large_broadcast_writes_nothing() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
-    let mut audience = ids("+2557", 1500);
+    let mut audience = numbered("+2557", 1500);
     audience[1234] = " ".into();
     let err = sqlx::query("SELECT dbrouter.broadcast('gw', $1, 'news')")
         .bind(&audience)
@@ -215,7 +212,7 @@ async fn bad_input_in_a_large_broadcast_writes_nothing() {
 async fn a_message_with_parts_waiting_cannot_be_deleted_and_its_key_is_kept() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
-    let audience = ids("+2557", 1500);
+    let audience = numbered("+2557", 1500);
     let first: (i64,) =
         sqlx::query_as("SELECT dbrouter.broadcast('gw', $1, 'news', client_key => 'k1')")
             .bind(&audience)
@@ -245,7 +242,7 @@ async fn a_message_with_parts_waiting_cannot_be_deleted_and_its_key_is_kept() {
 async fn a_part_the_database_refuses_waits_with_its_error_and_the_rest_goes_on() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
-    let msg = db.broadcast("gw", &ids("+2557", 2500), "news").await;
+    let msg = db.broadcast("gw", &numbered("+2557", 2500), "news").await;
     // Nothing dbrouter writes should make this happen: a part broken by hand.
     db.exec(&format!(
         "UPDATE dbrouter.fanouts SET identities = ARRAY[''] WHERE message_id = {msg} AND part = 1"

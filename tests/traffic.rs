@@ -7,14 +7,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{spawn_worker, test_config, wait_until, TestDb};
+use common::{numbered, spawn_worker, test_config, wait_until, TestDb};
 use dbrouter::apps::{Echo, OptOut};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-fn ids(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}{i:06}")).collect()
-}
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -43,8 +39,9 @@ async fn rate_limit_holds_across_three_worker_processes_and_spares_other_backend
     ))
     .await;
     let n = 150;
-    db.broadcast("limited", &ids("+2557", n), "limited").await;
-    db.broadcast("fast", &ids("+2556", 1000), "fast").await;
+    db.broadcast("limited", &numbered("+2557", n), "limited")
+        .await;
+    db.broadcast("fast", &numbered("+2556", 1000), "fast").await;
     let mut workers: Vec<_> = (0..3)
         .map(|_| {
             spawn_worker(
@@ -126,7 +123,9 @@ async fn a_reply_overtakes_a_20000_recipient_broadcast() {
     // A slow gateway: every batch takes 10 ms.
     db.backend("sim", "database", json!({"delay": "10ms"}), None)
         .await;
-    let broadcast = db.broadcast("sim", &ids("+2557", 20_000), "bulk").await;
+    let broadcast = db
+        .broadcast("sim", &numbered("+2557", 20_000), "bulk")
+        .await;
     db.exec("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('sim', '+255600000001', 'hello')")
         .await;
     let inbound = db
@@ -203,8 +202,8 @@ async fn a_busy_backend_does_not_starve_the_others() {
     let db = TestDb::new().await;
     db.backend("busy", "database", json!({}), Some(100)).await;
     db.backend("quiet", "database", json!({}), Some(100)).await;
-    db.broadcast("busy", &ids("+2557", 3000), "lots").await;
-    db.broadcast("quiet", &ids("+2558", 20), "a few").await;
+    db.broadcast("busy", &numbered("+2557", 3000), "lots").await;
+    db.broadcast("quiet", &numbered("+2558", 20), "a few").await;
     let worker = db.worker(test_config()).await;
     worker.drain().await.unwrap();
     let busy_before_quiet_done = db
@@ -235,7 +234,7 @@ async fn pause_keeps_messages_queued_until_resume() {
     let worker = db.worker(test_config()).await;
     db.exec("SELECT dbrouter.pause_backend('sim', 'gateway maintenance')")
         .await;
-    let msg = db.broadcast("sim", &ids("+2557", 10), "hold on").await;
+    let msg = db.broadcast("sim", &numbered("+2557", 10), "hold on").await;
     assert_eq!(worker.drain().await.unwrap(), 0);
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM dbrouter.database_backend_sends")
@@ -277,7 +276,7 @@ async fn cancel_mid_broadcast_ends_unsent_and_keeps_sent() {
     let db = TestDb::new().await;
     db.backend("sim", "database", json!({"delay": "20ms"}), Some(50))
         .await;
-    let msg = db.broadcast("sim", &ids("+2557", 3000), "oops").await;
+    let msg = db.broadcast("sim", &numbered("+2557", 3000), "oops").await;
     let worker = db.worker(test_config()).await;
     let (stop, handle) = run_in_background(worker);
     wait_until("some of the broadcast is sent", LONG, || async {
@@ -383,7 +382,7 @@ async fn past_their_deadline_messages_end_expired_instead_of_going_out() {
     db.exec("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('sim', '+255700000003', 'ping')")
         .await;
     worker.drain().await.unwrap();
-    db.broadcast("sim", &ids("+2559", 1), "bulk").await;
+    db.broadcast("sim", &numbered("+2559", 1), "bulk").await;
     assert_eq!(
         db.scalar_str(
             "SELECT string_agg(m.text || ':' || (t.expires_at - m.created_at)::text, ',' ORDER BY m.id)
@@ -660,7 +659,7 @@ async fn a_throttling_gateway_pauses_its_backend_without_using_up_attempts() {
     .await;
     db.backend("other", "database", json!({}), None).await;
     let worker = db.worker(test_config()).await;
-    db.broadcast("sim", &ids("+2557", 3), "hi").await;
+    db.broadcast("sim", &numbered("+2557", 3), "hi").await;
     worker.drain().await.unwrap();
     assert_eq!(
         db.scalar_i64(
@@ -679,7 +678,8 @@ async fn a_throttling_gateway_pauses_its_backend_without_using_up_attempts() {
         1
     );
     // Other backends carry on meanwhile.
-    db.broadcast("other", &ids("+2558", 2), "meanwhile").await;
+    db.broadcast("other", &numbered("+2558", 2), "meanwhile")
+        .await;
     worker.drain().await.unwrap();
     assert_eq!(
         db.scalar_i64(
@@ -739,9 +739,10 @@ async fn purge_removes_old_final_messages_and_keeps_the_rest() {
                                                                    ('sim', '+255700000002', 'ping')",
     )
     .await;
-    db.broadcast("sim", &ids("+2557", 3), "old news").await;
-    db.broadcast("bad", &ids("+2559", 1), "failed").await;
-    db.broadcast("down", &ids("+2558", 2), "never sent").await;
+    db.broadcast("sim", &numbered("+2557", 3), "old news").await;
+    db.broadcast("bad", &numbered("+2559", 1), "failed").await;
+    db.broadcast("down", &numbered("+2558", 2), "never sent")
+        .await;
     worker.drain().await.unwrap();
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM dbrouter.attempts")

@@ -200,6 +200,11 @@ impl App for PoisonReply {
     }
 }
 
+/// `n` identities: the prefix and a six-digit number (000000, 000001, ...).
+pub fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:06}")).collect()
+}
+
 /// Settings for in-process tests: one lane, retries due at once.
 pub fn test_config() -> WorkerConfig {
     WorkerConfig {
