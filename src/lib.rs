@@ -17,6 +17,7 @@ pub mod db;
 pub mod error;
 pub mod fanout;
 pub mod inbound;
+pub mod literal;
 pub mod outbound;
 pub mod registry;
 pub mod serve;

@@ -271,6 +271,149 @@ async fn a_poison_message_ends_e_while_the_rest_of_its_batch_succeeds() {
     db.drop().await;
 }
 
+/// The same isolation when the refused write went with the COMMIT in one
+/// simple query (every text writable as a literal): the COMMIT is not run,
+/// the chunk is rolled back to its savepoint and split.
+#[tokio::test]
+async fn a_refused_write_sent_with_its_commit_is_isolated_the_same_way() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    let values: Vec<String> = (0..50)
+        .map(|i| {
+            let text = if i == 17 {
+                "too long".to_string()
+            } else {
+                format!("echo {i}")
+            };
+            format!("('gw', '+{i}', '{text}')")
+        })
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES {}",
+        values.join(",")
+    ))
+    .await;
+    let worker = db
+        .worker_with(test_config(), vec![Arc::new(PoisonReply), Arc::new(Echo)])
+        .await;
+    let pass = worker.work_once().await.unwrap();
+    assert_eq!(pass.claimed, 50);
+    assert!(
+        !pass.write_with_commit,
+        "the split halves are written one by one"
+    );
+    let poison = db
+        .scalar_str("SELECT status || ':' || error FROM dbrouter.messages WHERE text = 'too long'")
+        .await;
+    assert!(poison.starts_with("E:the database refused"), "{poison}");
+    assert!(poison.contains("message_text_length"), "{poison}");
+    assert_eq!(
+        db.scalar_str(
+            "SELECT string_agg(direction || status || ':' || n, ',' ORDER BY direction)
+               FROM (SELECT direction, status, count(*) AS n FROM dbrouter.messages
+                      GROUP BY 1, 2) s"
+        )
+        .await,
+        "IE:1,IR:49,OS:49"
+    );
+    db.assert_counters_consistent().await;
+    db.drop().await;
+}
+
+/// Replies a sender's text cannot confuse: quotes, backslashes, array
+/// syntax, the word NULL, spaces, control characters, non-ASCII, nothing.
+struct Tricky;
+
+const TRICKY: [&str; 7] = [
+    "quote \" backslash \\ single ' dollar $$ E'x' \\N",
+    "{a,b} NULL",
+    "NULL",
+    "  spaced  ",
+    "line\nbreak\ttab",
+    "é 🎉 ∑",
+    "",
+];
+
+#[async_trait]
+impl App for Tricky {
+    fn name(&self) -> &str {
+        "tricky"
+    }
+    async fn handle(&self, msg: &mut IncomingMessage) -> Result<bool, AppError> {
+        for t in TRICKY {
+            msg.respond(t);
+        }
+        Ok(true)
+    }
+}
+
+/// A batch whose write can go with the COMMIT (no reply sent inside the
+/// transaction) goes in one round trip, its values written as literals:
+/// texts, identities and gateway ids arrive exactly as the app and the
+/// gateway gave them, whether written sent or handed to a sender after the
+/// commit. A reply to a backend that sends inside the transaction keeps
+/// the write and the COMMIT apart.
+#[tokio::test]
+async fn replies_written_with_their_commit_arrive_exactly_as_given() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.backend("ext", "database", json!({"own_commit": true}), None)
+        .await;
+    db.backend(
+        "sim",
+        "database",
+        json!({"fail": {"identities": ["+9"]}}),
+        None,
+    )
+    .await;
+    db.exec(
+        r#"INSERT INTO dbrouter.inbox (backend, identity, text, external_id) VALUES
+             ('gw', $q$+1 'a\"$q$, 'hi', $q$in "1" \ '{x}'$q$), ('ext', '+2', 'hi', NULL)"#,
+    )
+    .await;
+    let worker = db.worker_with(test_config(), vec![Arc::new(Tricky)]).await;
+    let pass = worker.work_once().await.unwrap();
+    assert_eq!(pass.claimed, 2);
+    assert!(pass.write_with_commit);
+    for backend in ["gw", "ext"] {
+        let texts: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT s.text, s.identity, s.reply_to_external_id
+               FROM dbrouter.database_backend_sends s
+              WHERE s.backend = $1 ORDER BY s.transmission_id",
+        )
+        .bind(backend)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let (identity, gateway_id) = match backend {
+            "gw" => (r#"+1 'a\""#, Some(r#"in "1" \ '{x}'"#.to_string())),
+            _ => ("+2", None),
+        };
+        let want: Vec<(String, String, Option<String>)> = TRICKY
+            .iter()
+            .map(|t| (t.to_string(), identity.to_string(), gateway_id.clone()))
+            .collect();
+        assert_eq!(texts, want, "{backend}");
+    }
+    db.exec("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('sim', '+3', 'hi')")
+        .await;
+    let pass = worker.work_once().await.unwrap();
+    assert_eq!(pass.claimed, 1);
+    assert!(
+        !pass.write_with_commit,
+        "sim's replies are sent inside the transaction"
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM dbrouter.messages WHERE direction = 'O' AND status = 'S'"
+        )
+        .await,
+        21
+    );
+    db.assert_counters_consistent().await;
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn a_slow_app_is_cut_by_the_deadline() {
     let db = TestDb::new().await;

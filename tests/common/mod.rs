@@ -196,6 +196,11 @@ impl App for PoisonReply {
             msg.respond("bad\0byte");
             return Ok(true);
         }
+        if msg.text == "too long" {
+            // Over messages.text's 10,000 characters.
+            msg.respond("x".repeat(10_001));
+            return Ok(true);
+        }
         Ok(false)
     }
 }
