@@ -26,7 +26,7 @@ use std::sync::LazyLock;
 use futures::future::join_all;
 use futures::FutureExt;
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, FromRow, PgConnection, Postgres};
 use tokio::time::Instant;
 
 use crate::apps::{IncomingMessage, OptChange, Pipeline, Verdict};
@@ -85,31 +85,33 @@ pub struct Batch {
     pub write_with_commit: bool,
 }
 
-/// Process one batch. Replies to backends in `send_now` are sent in the
-/// batch's transaction when the backend's sends are database writes, else
-/// handed back to be sent by the caller after the commit; replies to other
-/// backends are queued.
+/// Process one batch on `conn`. Replies to backends in `send_now` are sent
+/// in the batch's transaction when the backend's sends are database writes,
+/// else handed back to be sent by the caller after the commit; replies to
+/// other backends are queued. Gives the connection back when the batch's
+/// transaction ended cleanly (else it was closed).
 pub async fn run_batch(
-    pool: &PgPool,
+    conn: BatchConn,
     cfg: &WorkerConfig,
     pipeline: &Pipeline,
     send_now: &HashMap<i32, &BackendEntry>,
-) -> Result<Batch> {
+) -> Result<(Batch, Option<BatchConn>)> {
     let (
         mut tx,
         Claim {
             rows,
             session_statements,
         },
-    ) = begin_and_claim(pool, i64::from(cfg.batch_size)).await?;
+    ) = begin_and_claim(conn, i64::from(cfg.batch_size)).await?;
     if rows.is_empty() {
         tx.end("ROLLBACK").await?;
-        return Ok(Batch {
+        let batch = Batch {
             claimed: 0,
             hand_off: None,
             sent: Vec::new(),
             write_with_commit: false,
-        });
+        };
+        return Ok((batch, tx.into_conn()));
     }
     let n = rows.len();
     let deadline = Instant::now() + cfg.app_timeout;
@@ -131,7 +133,7 @@ pub async fn run_batch(
         handed: replies,
         sent,
         committed,
-    } = match write(&mut tx.conn, &processed, &lease, session_statements).await {
+    } = match write(tx.conn(), &processed, &lease, session_statements).await {
         Ok(w) => w,
         Err(e) => {
             tx.abandon().await;
@@ -153,12 +155,13 @@ pub async fn run_batch(
         claimed_at,
         replies: by_backend.into_iter().collect(),
     });
-    Ok(Batch {
+    let batch = Batch {
         claimed: n,
         hand_off,
         sent,
         write_with_commit: committed,
-    })
+    };
+    Ok((batch, tx.into_conn()))
 }
 
 /// Prepare the claim and the write as session statements
@@ -231,31 +234,75 @@ fn not_prepared(e: &sqlx::Error) -> bool {
 /// the server then aborts the transaction, which releases the claimed
 /// messages at once.
 struct BatchTx {
-    conn: PoolConnection<Postgres>,
+    /// Some until the batch gives it back ([`BatchTx::into_conn`]).
+    conn: Option<BatchConn>,
     open: bool,
 }
 
+/// An inbound batch's connection: the one the worker kept from its last
+/// batch (detached from the pool), or one from the pool.
+pub enum BatchConn {
+    Kept(PgConnection),
+    Pooled(PoolConnection<Postgres>),
+}
+
+impl BatchConn {
+    fn get(&mut self) -> &mut PgConnection {
+        match self {
+            BatchConn::Kept(c) => c,
+            BatchConn::Pooled(c) => c,
+        }
+    }
+
+    /// The connection, detached from the pool if it came from there.
+    pub fn into_kept(self) -> PgConnection {
+        match self {
+            BatchConn::Kept(c) => c,
+            BatchConn::Pooled(c) => c.detach(),
+        }
+    }
+}
+
 impl BatchTx {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self.conn.as_mut() {
+            Some(c) => c.get(),
+            None => unreachable!(
+                "the connection is only taken by into_conn, which consumes the BatchTx"
+            ),
+        }
+    }
+
     /// COMMIT or ROLLBACK.
-    async fn end(mut self, sql: &'static str) -> std::result::Result<(), sqlx::Error> {
-        sqlx::raw_sql(sql).execute(&mut *self.conn).await?;
+    async fn end(&mut self, sql: &'static str) -> std::result::Result<(), sqlx::Error> {
+        sqlx::raw_sql(sql).execute(self.conn()).await?;
         self.open = false;
         Ok(())
     }
 
     /// Roll back after an error, if the connection still answers (else
     /// it is closed on drop).
-    async fn abandon(self) {
+    async fn abandon(mut self) {
         if let Err(e) = self.end("ROLLBACK").await {
             tracing::debug!(error = %e, "rollback failed; closing the connection");
         }
+    }
+
+    /// The connection, once the transaction is over.
+    fn into_conn(mut self) -> Option<BatchConn> {
+        if self.open {
+            return None; // closed on drop
+        }
+        self.conn.take()
     }
 }
 
 impl Drop for BatchTx {
     fn drop(&mut self) {
-        if self.open {
-            self.conn.close_on_drop();
+        // A kept connection is closed by being dropped; a pooled one must
+        // not go back to the pool mid-transaction.
+        if let (true, Some(BatchConn::Pooled(conn))) = (self.open, self.conn.as_mut()) {
+            conn.close_on_drop();
         }
     }
 }
@@ -264,12 +311,12 @@ impl Drop for BatchTx {
 /// savepoint of the first chunk's write (see [`write`]). A failure on the
 /// way rolls the transaction back (or closes the connection if that fails
 /// too), as a failed write does.
-async fn begin_and_claim(pool: &PgPool, batch: i64) -> Result<(BatchTx, Claim)> {
+async fn begin_and_claim(conn: BatchConn, batch: i64) -> Result<(BatchTx, Claim)> {
     let mut tx = BatchTx {
-        conn: pool.acquire().await?,
+        conn: Some(conn),
         open: true,
     };
-    match claim(&mut tx.conn, batch).await {
+    match claim(tx.conn(), batch).await {
         Ok(claim) => Ok((tx, claim)),
         Err(e) => {
             tx.abandon().await;

@@ -379,3 +379,55 @@ async fn a_connection_that_died_while_idle_is_replaced_before_use() {
     pool.close().await;
     db.drop().await;
 }
+
+/// A quiet worker answers message after message on one connection, though
+/// its pool holds several (which sqlx hands out in turn): after an ANALYZE
+/// only that connection re-plans the inbound statements on the latency
+/// path, not every pooled connection on the next messages one by one.
+#[tokio::test]
+async fn consecutive_inbound_batches_run_on_the_same_connection() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    db.exec(
+        "CREATE TABLE answered_by (message_id bigint, pid integer);
+         CREATE FUNCTION record_pid() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO answered_by VALUES (NEW.id, pg_backend_pid());
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER record_pid AFTER UPDATE OF status ON dbrouter.messages
+             FOR EACH ROW WHEN (NEW.direction = 'I' AND NEW.status = 'R')
+             EXECUTE FUNCTION record_pid();",
+    )
+    .await;
+    let pool = dbrouter::worker::connect_lazy(&db.url, 8).unwrap();
+    let open: Vec<_> = futures::future::join_all((0..4).map(|_| pool.acquire()))
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    drop(open); // four idle connections
+    let worker = dbrouter::worker::Worker::new(
+        pool.clone(),
+        common::test_config(),
+        dbrouter::apps::Pipeline::new(vec![std::sync::Arc::new(dbrouter::apps::Echo)]),
+    )
+    .await
+    .unwrap();
+    for i in 0..3 {
+        db.exec(&format!(
+            "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('gw', '+{i}', 'echo {i}')"
+        ))
+        .await;
+        assert_eq!(worker.work_once().await.unwrap().claimed, 1);
+    }
+    assert_eq!(
+        db.scalar_i64("SELECT count(DISTINCT pid) FROM answered_by")
+            .await,
+        1
+    );
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM answered_by").await, 3);
+    drop(worker);
+    pool.close().await;
+    db.drop().await;
+}
