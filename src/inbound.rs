@@ -514,7 +514,7 @@ async fn write(
             Ok(w) => {
                 written.handed.extend(w.handed);
                 written.sent.extend(w.sent);
-                written.committed = w.committed;
+                written.committed |= w.committed;
             }
             Err(e) if not_prepared(&e) && fold => {
                 // The session lost its write statement (DEALLOCATE?): the

@@ -230,45 +230,35 @@ async fn an_app_failure_marks_only_that_message_e() {
 #[tokio::test]
 async fn a_poison_message_ends_e_while_the_rest_of_its_batch_succeeds() {
     let db = TestDb::new().await;
-    db.backend("gw", "database", json!({}), None).await;
-    let mut values = Vec::new();
-    for i in 0..50 {
-        let text = if i == 17 {
-            "poison".to_string()
-        } else {
-            format!("echo {i}")
-        };
-        values.push(format!("('gw', '+{i}', '{text}')"));
-    }
-    db.exec(&format!(
-        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES {}",
-        values.join(",")
-    ))
-    .await;
-    let worker = db
-        .worker_with(test_config(), vec![Arc::new(PoisonReply), Arc::new(Echo)])
-        .await;
+    let worker = fifty_with_one(&db, "poison").await;
     worker.drain().await.unwrap();
     let poison = db
         .scalar_str("SELECT status || ':' || error FROM dbrouter.messages WHERE text = 'poison'")
         .await;
     assert!(poison.starts_with("E:the database refused"), "{poison}");
     assert!(poison.contains("0x00"), "{poison}");
-    assert_eq!(
-        db.scalar_i64(
-            "SELECT count(*) FROM dbrouter.messages WHERE direction = 'I' AND status = 'R'"
-        )
-        .await,
-        49
-    );
-    assert_eq!(
-        db.scalar_i64(
-            "SELECT count(*) FROM dbrouter.messages WHERE direction = 'O' AND status = 'S'"
-        )
-        .await,
-        49
-    );
+    assert_eq!(db.message_states().await, "IE1,IR49,OS49");
     db.drop().await;
+}
+
+/// Fifty messages to backend `gw`, the eighteenth saying `text` (which
+/// PoisonReply answers with what the database refuses), the rest echoed;
+/// and a worker with those apps.
+async fn fifty_with_one(db: &TestDb, text: &str) -> Arc<dbrouter::worker::Worker> {
+    db.backend("gw", "database", json!({}), None).await;
+    let values: Vec<String> = (0..50)
+        .map(|i| match i {
+            17 => format!("('gw', '+{i}', '{text}')"),
+            _ => format!("('gw', '+{i}', 'echo {i}')"),
+        })
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES {}",
+        values.join(",")
+    ))
+    .await;
+    db.worker_with(test_config(), vec![Arc::new(PoisonReply), Arc::new(Echo)])
+        .await
 }
 
 /// The same isolation when the refused write went with the COMMIT in one
@@ -277,25 +267,7 @@ async fn a_poison_message_ends_e_while_the_rest_of_its_batch_succeeds() {
 #[tokio::test]
 async fn a_refused_write_sent_with_its_commit_is_isolated_the_same_way() {
     let db = TestDb::new().await;
-    db.backend("gw", "database", json!({}), None).await;
-    let values: Vec<String> = (0..50)
-        .map(|i| {
-            let text = if i == 17 {
-                "too long".to_string()
-            } else {
-                format!("echo {i}")
-            };
-            format!("('gw', '+{i}', '{text}')")
-        })
-        .collect();
-    db.exec(&format!(
-        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES {}",
-        values.join(",")
-    ))
-    .await;
-    let worker = db
-        .worker_with(test_config(), vec![Arc::new(PoisonReply), Arc::new(Echo)])
-        .await;
+    let worker = fifty_with_one(&db, "too long").await;
     let pass = worker.work_once().await.unwrap();
     assert_eq!(pass.claimed, 50);
     assert!(

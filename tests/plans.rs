@@ -317,13 +317,7 @@ async fn a_workers_new_connection_holds_its_plans_before_the_first_batch() {
          INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('gw', '+255700000002', 'hello')",
     )
     .await;
-    let worker = dbrouter::worker::Worker::new(
-        pool.clone(),
-        common::test_config(),
-        dbrouter::apps::Pipeline::new(vec![std::sync::Arc::new(dbrouter::apps::Echo)]),
-    )
-    .await
-    .unwrap();
+    let worker = db.worker_on(&pool).await;
     assert_eq!(worker.drain().await.unwrap(), 2);
     let sent = db
         .scalar_i64("SELECT count(*) FROM dbrouter.database_backend_sends")

@@ -407,13 +407,7 @@ async fn consecutive_inbound_batches_run_on_the_same_connection() {
         .collect::<Result<_, _>>()
         .unwrap();
     drop(open); // four idle connections
-    let worker = dbrouter::worker::Worker::new(
-        pool.clone(),
-        common::test_config(),
-        dbrouter::apps::Pipeline::new(vec![std::sync::Arc::new(dbrouter::apps::Echo)]),
-    )
-    .await
-    .unwrap();
+    let worker = db.worker_on(&pool).await;
     for i in 0..3 {
         db.exec(&format!(
             "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('gw', '+{i}', 'echo {i}')"

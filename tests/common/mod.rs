@@ -129,6 +129,17 @@ impl TestDb {
         self.worker_with(cfg, vec![Arc::new(Echo)]).await
     }
 
+    /// A worker with `echo` on a pool of the test's own.
+    pub async fn worker_on(&self, pool: &PgPool) -> Arc<Worker> {
+        Worker::new(
+            pool.clone(),
+            test_config(),
+            Pipeline::new(vec![Arc::new(Echo)]),
+        )
+        .await
+        .expect("start worker")
+    }
+
     pub async fn worker_with(&self, cfg: WorkerConfig, apps: Vec<Arc<dyn App>>) -> Arc<Worker> {
         Worker::new(self.pool.clone(), cfg, Pipeline::new(apps))
             .await
