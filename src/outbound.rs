@@ -529,14 +529,29 @@ async fn write_sent(
     token: i64,
 ) -> std::result::Result<usize, sqlx::Error> {
     let mut tx = pool.begin_with(crate::db::BEGIN_KEYED).await?;
-    let (sent,): (i64,) = sqlx::query_as(WRITE_SENT_SQL)
+    let written = sqlx::query_as(WRITE_SENT_SQL)
         .persistent(crate::db::prepared())
         .bind(entry.id)
         .bind(i64::from(entry.batch_size))
         .bind(token)
         .bind(&entry.name)
         .fetch_one(&mut *tx)
-        .await?;
+        .await;
+    let (sent,): (i64,) = match written {
+        Ok(row) => row,
+        Err(e) => {
+            // Rolled back before the caller goes the long way: the failed
+            // statement's claim holds its rows until then, and a dropped
+            // sqlx transaction only queues its ROLLBACK, so the long way's
+            // claim (SKIP LOCKED, another connection) could find them all
+            // still locked and claim nothing (seen: tests/bad_data.rs's
+            // refused outcome, 4 runs in 20, the worker idle with the
+            // batch queued). If the rollback fails the connection is gone,
+            // and its locks with it.
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+    };
     tx.commit().await?;
     tracing::debug!(backend = %entry.name, n = sent, "sent batch by writing it");
     Ok(usize::try_from(sent).unwrap_or(0))
