@@ -80,7 +80,7 @@ struct KeptConn(std::sync::Mutex<Kept>);
 
 #[derive(Default)]
 enum Kept {
-    /// None: the next pooled connection to end a batch cleanly is kept.
+    /// No connection kept: the next pooled one to end a batch cleanly is.
     #[default]
     Free,
     Idle(PgConnection, Instant),
