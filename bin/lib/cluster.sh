@@ -40,10 +40,16 @@ as_pg() {
     fi
 }
 
+# A port nothing listens on, below the kernel's ephemeral range: a port in
+# that range can be taken at any moment by some client's outgoing
+# connection, and then the server cannot bind it (seen in CI: "Address
+# already in use" for a port that accepted no connection a moment before).
 free_port() {
-    local port
+    local port low
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    [ "$low" -gt 21000 ] 2>/dev/null || low=32768
     for _ in $(seq 1 100); do
-        port=$(( 20000 + RANDOM % 20000 ))
+        port=$(( 20000 + RANDOM % (low - 20000) ))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"; return 0
         fi
@@ -73,10 +79,19 @@ cluster_start() {
     if as_pg "$PGBIN/pg_ctl" -D "$dir/pgdata" status >/dev/null 2>&1; then
         CLUSTER_PORT=$(sed -n 4p "$dir/pgdata/postmaster.pid" | tr -d ' ')
     else
-        CLUSTER_PORT=$(free_port) || return 1
-        as_pg "$PGBIN/pg_ctl" -D "$dir/pgdata" -l "$dir/postgres.log" -w -t 60 \
-            -o "-p $CLUSTER_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300 ${CLUSTER_PG_OPTS:-}" \
-            start >/dev/null || { tail -20 "$dir/postgres.log" >&2; return 1; }
+        # Another port if this one was taken between the check and the bind.
+        local try
+        for try in 1 2 3 4 5; do
+            CLUSTER_PORT=$(free_port) || return 1
+            if as_pg "$PGBIN/pg_ctl" -D "$dir/pgdata" -l "$dir/postgres.log" -w -t 60 \
+                -o "-p $CLUSTER_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300 ${CLUSTER_PG_OPTS:-}" \
+                start >/dev/null; then
+                break
+            fi
+            if [ "$try" = 5 ] || ! tail -5 "$dir/postgres.log" | grep -q "Address already in use"; then
+                tail -20 "$dir/postgres.log" >&2; return 1
+            fi
+        done
     fi
     CLUSTER_URL="postgres://postgres@127.0.0.1:$CLUSTER_PORT/postgres"
     export CLUSTER_PORT CLUSTER_URL
