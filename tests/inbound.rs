@@ -119,9 +119,10 @@ async fn echo_replies_carry_in_response_to_and_reach_the_backend_with_external_i
 /// (written sent by the insert itself for a plain `database` backend, sent
 /// and recorded before the commit for one that simulates failures); with
 /// `own_commit` the reply is sent after that commit, like a gateway.
-#[tokio::test]
-async fn database_engine_replies_commit_with_the_inbound_batch() {
-    let db = TestDb::new().await;
+/// Three `database` backends: `gw` plain (its sends are written with the
+/// reply), `sim` simulating failures for +9 (sent inside the transaction),
+/// `ext` with `own_commit` (sent after the commit, like a gateway).
+async fn database_backends(db: &TestDb) {
     db.backend("gw", "database", json!({}), None).await;
     db.backend(
         "sim",
@@ -132,6 +133,12 @@ async fn database_engine_replies_commit_with_the_inbound_batch() {
     .await;
     db.backend("ext", "database", json!({"own_commit": true}), None)
         .await;
+}
+
+#[tokio::test]
+async fn database_engine_replies_commit_with_the_inbound_batch() {
+    let db = TestDb::new().await;
+    database_backends(&db).await;
     db.exec(
         "INSERT INTO dbrouter.inbox (backend, identity, text, external_id) VALUES
            ('gw', '+1', 'echo one', 'in-1'), ('sim', '+3', 'echo three', 'in-3'),
@@ -232,13 +239,21 @@ async fn a_poison_message_ends_e_while_the_rest_of_its_batch_succeeds() {
     let db = TestDb::new().await;
     let worker = fifty_with_one(&db, "poison").await;
     worker.drain().await.unwrap();
-    let poison = db
-        .scalar_str("SELECT status || ':' || error FROM dbrouter.messages WHERE text = 'poison'")
-        .await;
-    assert!(poison.starts_with("E:the database refused"), "{poison}");
-    assert!(poison.contains("0x00"), "{poison}");
-    assert_eq!(db.message_states().await, "IE1,IR49,OS49");
+    assert_only_it_failed(&db, "poison", "0x00").await;
     db.drop().await;
+}
+
+/// The message saying `text` alone ended E, with the database's refusal
+/// (naming `cause`); the other 49 were answered and their replies sent.
+async fn assert_only_it_failed(db: &TestDb, text: &str, cause: &str) {
+    let failed = db
+        .scalar_str(&format!(
+            "SELECT status || ':' || error FROM dbrouter.messages WHERE text = '{text}'"
+        ))
+        .await;
+    assert!(failed.starts_with("E:the database refused"), "{failed}");
+    assert!(failed.contains(cause), "{failed}");
+    assert_eq!(db.message_states().await, "IE1,IR49,OS49");
 }
 
 /// Fifty messages to backend `gw`, the eighteenth saying `text` (which
@@ -274,12 +289,7 @@ async fn a_refused_write_sent_with_its_commit_is_isolated_the_same_way() {
         !pass.write_with_commit,
         "the split halves are written one by one"
     );
-    let poison = db
-        .scalar_str("SELECT status || ':' || error FROM dbrouter.messages WHERE text = 'too long'")
-        .await;
-    assert!(poison.starts_with("E:the database refused"), "{poison}");
-    assert!(poison.contains("message_text_length"), "{poison}");
-    assert_eq!(db.message_states().await, "IE1,IR49,OS49");
+    assert_only_it_failed(&db, "too long", "message_text_length").await;
     db.assert_counters_consistent().await;
     db.drop().await;
 }
@@ -320,16 +330,7 @@ impl App for Tricky {
 #[tokio::test]
 async fn replies_written_with_their_commit_arrive_exactly_as_given() {
     let db = TestDb::new().await;
-    db.backend("gw", "database", json!({}), None).await;
-    db.backend("ext", "database", json!({"own_commit": true}), None)
-        .await;
-    db.backend(
-        "sim",
-        "database",
-        json!({"fail": {"identities": ["+9"]}}),
-        None,
-    )
-    .await;
+    database_backends(&db).await;
     db.exec(
         r#"INSERT INTO dbrouter.inbox (backend, identity, text, external_id) VALUES
              ('gw', $q$+1 'a\"$q$, 'hi', $q$in "1" \ '{x}'$q$), ('ext', '+2', 'hi', NULL)"#,
