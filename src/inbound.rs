@@ -209,7 +209,8 @@ static WRITE_STATEMENT: LazyLock<String> = LazyLock::new(|| statement_name("writ
 /// Whether session-level prepared statements stay with this worker's
 /// connections. They do, except behind a pooler in transaction mode
 /// (PgBouncer hands each transaction to any server session): there the
-/// claim goes back to the three round trips of the protocol-level statement.
+/// claim goes back to the three round trips of the protocol-level statement,
+/// and the write to a bound statement with the COMMIT after it.
 static SESSION_STATEMENTS: AtomicBool = AtomicBool::new(true);
 
 /// Both session statements, in one round trip: a session has both or
@@ -402,6 +403,18 @@ struct Lease<'a> {
     send_now: &'a HashMap<i32, &'a BackendEntry>,
     cfg: &'a WorkerConfig,
     pipeline: &'a Pipeline,
+}
+
+impl<'a> Lease<'a> {
+    /// The backend, if a reply to it inserted under this lease is sent and
+    /// recorded inside the batch's transaction (a `database` backend whose
+    /// sends can fail); other leased replies are sent after the commit.
+    fn sent_in_transaction(&self, backend_id: i32) -> Option<&'a BackendEntry> {
+        self.send_now
+            .get(&backend_id)
+            .copied()
+            .filter(|e| e.records_in_database())
+    }
 }
 
 /// What a batch's writes left to do after the commit.
@@ -607,13 +620,11 @@ async fn write_chunk(
     // With the COMMIT when nothing is left to do in the transaction: no
     // reply to send and record in it (a `database` backend that can fail),
     // and every text writable as a literal.
-    let sends_here = replies.tokens.iter().zip(&replies.backends).any(|(t, b)| {
-        t.is_some()
-            && lease
-                .send_now
-                .get(b)
-                .is_some_and(|e| e.records_in_database())
-    });
+    let sends_here = replies
+        .tokens
+        .iter()
+        .zip(&replies.backends)
+        .any(|(t, b)| t.is_some() && lease.sent_in_transaction(*b).is_some());
     let folded = (commit && !sends_here)
         .then(|| write_execute(&replies, &marks))
         .flatten();
@@ -658,14 +669,14 @@ async fn write_chunk(
     };
     let mut here: HashMap<i32, (&BackendEntry, Vec<Claimed>)> = HashMap::new();
     for (backend_id, c) in handed {
-        match lease.send_now.get(&backend_id) {
-            Some(entry) if entry.records_in_database() => {
+        match lease.sent_in_transaction(backend_id) {
+            Some(entry) => {
                 here.entry(backend_id)
                     .or_insert_with(|| (entry, Vec::new()))
                     .1
                     .push(c);
             }
-            _ => written.handed.push((backend_id, c)),
+            None => written.handed.push((backend_id, c)),
         }
     }
     for (backend_id, (entry, claimed)) in here {

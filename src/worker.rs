@@ -88,27 +88,33 @@ enum Kept {
 }
 
 impl KeptConn {
-    fn swap(&self, to: Kept) -> Kept {
-        match self.0.lock() {
-            Ok(mut k) => std::mem::replace(&mut *k, to),
-            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), to),
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The kept connection if it is idle (pinged first if it sat idle as
     /// long as the pool would ping one), else one from the pool.
     async fn take(&self, pool: &PgPool) -> sqlx::Result<inbound::BatchConn> {
-        match self.swap(Kept::InUse) {
-            Kept::Idle(mut conn, since) => {
-                if (since.elapsed() < PING_IF_IDLE && !pinging_all()) || conn.ping().await.is_ok() {
-                    return Ok(inbound::BatchConn::Kept(conn));
+        let idle = {
+            let mut k = self.lock();
+            match std::mem::take(&mut *k) {
+                Kept::Idle(conn, since) => {
+                    *k = Kept::InUse;
+                    Some((conn, since))
                 }
-                self.swap(Kept::Free); // dead: closed as it is dropped here
+                other => {
+                    *k = other;
+                    None
+                }
             }
-            Kept::InUse => {}
-            Kept::Free => {
-                self.swap(Kept::Free);
+        };
+        if let Some((mut conn, since)) = idle {
+            if (since.elapsed() < PING_IF_IDLE && !pinging_all()) || conn.ping().await.is_ok() {
+                return Ok(inbound::BatchConn::Kept(conn));
             }
+            *self.lock() = Kept::Free; // dead: closed as it is dropped here
         }
         Ok(inbound::BatchConn::Pooled(pool.acquire().await?))
     }
@@ -117,10 +123,7 @@ impl KeptConn {
     /// it is the kept one, or if none is kept; else it goes back to the
     /// pool. None: the batch failed and its connection was closed.
     fn put(&self, was_kept: bool, conn: Option<inbound::BatchConn>) {
-        let mut k = match self.0.lock() {
-            Ok(k) => k,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut k = self.lock();
         match conn {
             Some(c) if was_kept || matches!(*k, Kept::Free) => {
                 *k = Kept::Idle(c.into_kept(), Instant::now());
