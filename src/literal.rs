@@ -80,7 +80,8 @@ impl Args {
                     // `\` escapes twice: in the array, then in the constant.
                     '"' => self.sql.push_str("\\\\\""),
                     '\\' => self.sql.push_str("\\\\\\\\"),
-                    '\'' => self.sql.push_str("\\'"),
+                    // `''`, not `\'`: the latter is refused under backslash_quote = off.
+                    '\'' => self.sql.push_str("''"),
                     '\0' => self.ok = false,
                     c => self.sql.push(c),
                 }
@@ -110,7 +111,7 @@ mod tests {
             .texts([Some("a\"b\\c'd"), None, Some("")]);
         assert_eq!(
             a.finish().as_deref(),
-            Some(r#"EXECUTE s(E'{1,NULL}', E'2.5', E'{"a\\"b\\\\c\'d",NULL,""}')"#)
+            Some(r#"EXECUTE s(E'{1,NULL}', E'2.5', E'{"a\\"b\\\\c''d",NULL,""}')"#)
         );
         let mut a = Args::execute("s");
         a.texts([Some("a\0b")]);

@@ -326,17 +326,27 @@ impl App for Tricky {
 /// texts, identities and gateway ids arrive exactly as the app and the
 /// gateway gave them, whether written sent or handed to a sender after the
 /// commit. A reply to a backend that sends inside the transaction keeps
-/// the write and the COMMIT apart.
+/// the write and the COMMIT apart. The worker's sessions run with
+/// `backslash_quote = off`, under which `\'` in a literal is refused.
 #[tokio::test]
 async fn replies_written_with_their_commit_arrive_exactly_as_given() {
     let db = TestDb::new().await;
     database_backends(&db).await;
+    db.exec(&format!("ALTER DATABASE {} SET backslash_quote = off", db.name))
+        .await;
+    let strict = dbrouter::db::connect(&db.url, 4).await.unwrap();
     db.exec(
         r#"INSERT INTO dbrouter.inbox (backend, identity, text, external_id) VALUES
              ('gw', $q$+1 'a\"$q$, 'hi', $q$in "1" \ '{x}'$q$), ('ext', '+2', 'hi', NULL)"#,
     )
     .await;
-    let worker = db.worker_with(test_config(), vec![Arc::new(Tricky)]).await;
+    let worker = dbrouter::worker::Worker::new(
+        strict.clone(),
+        test_config(),
+        dbrouter::apps::Pipeline::new(vec![Arc::new(Tricky)]),
+    )
+    .await
+    .unwrap();
     let pass = worker.work_once().await.unwrap();
     assert_eq!(pass.claimed, 2);
     assert!(pass.write_with_commit);
@@ -376,6 +386,7 @@ async fn replies_written_with_their_commit_arrive_exactly_as_given() {
         21
     );
     db.assert_counters_consistent().await;
+    strict.close().await;
     db.drop().await;
 }
 
