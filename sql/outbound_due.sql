@@ -11,11 +11,23 @@
 -- not reloaded the backends yet), and none past its deadline: the expiry
 -- sweep ends those E.
 --
+-- `opted_out`: the identity sent STOP after this transmission was queued
+-- (dbrouter.opt_outs, probed by its key; then the message, by its key, only
+-- for an opted-out identity). Each claim ends such a row E 'opted out'
+-- instead of sending it, so a STOP holds for anything not yet sent; the
+-- row is taken like the others so it leaves the queue. Replies are exempt,
+-- as when they are written: they answer the person's own message (the STOP
+-- confirmation among them).
+--
 -- Locks: the selected `transmissions` rows, FOR UPDATE SKIP LOCKED, so
 -- concurrent workers take disjoint batches without waiting. Only those: the
--- backend row is read in a subquery, which FOR UPDATE does not reach.
+-- backend row and the opt-outs are read in subqueries, which FOR UPDATE
+-- does not reach.
 WITH due AS (
-    SELECT t.id, t.status AS was
+    SELECT t.id, t.status AS was,
+           CASE WHEN EXISTS (SELECT 1 FROM dbrouter.opt_outs o WHERE o.connection_id = t.connection_id)
+                THEN (SELECT m.in_response_to IS NULL FROM dbrouter.messages m WHERE m.id = t.message_id)
+                ELSE false END AS opted_out
       FROM dbrouter.transmissions t
      WHERE t.backend_id = $1 AND t.due_at <= now()
        AND (t.expires_at IS NULL OR t.expires_at > now())

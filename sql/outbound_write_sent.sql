@@ -36,8 +36,15 @@
            attempts = t.attempts + 1,
            sent_at = now(),
            updated_at = now()
-     WHERE t.id = ANY (ARRAY(SELECT id FROM due))
+     WHERE t.id = ANY (ARRAY(SELECT id FROM due WHERE NOT opted_out))
     RETURNING t.id, t.message_id, t.connection_id, t.attempts
+), refused AS (
+    -- The identity sent STOP after this was queued: E, not sent.
+    UPDATE dbrouter.transmissions t
+       SET status = 'E', lease_token = NULL, due_at = NULL, last_error = 'opted out',
+           updated_at = now()
+     WHERE t.id = ANY (ARRAY(SELECT id FROM due WHERE opted_out))
+    RETURNING t.id, t.message_id
 ), calls AS (
     -- One call id per message, as with a gateway: the k-th message of the
     -- batch (dense_rank below) gets the k-th id drawn here.
@@ -57,10 +64,15 @@
                           WHERE m.id = s.message_id LIMIT 1) m
     RETURNING 1
 ), deltas AS (
-    SELECT s.message_id, count(*)::integer AS sent,
-           count(*) FILTER (WHERE due.was = 'E')::integer AS retried
-      FROM sent s JOIN due ON due.id = s.id
-     GROUP BY s.message_id
+    -- sent: now S; retried: E rows sent now; refused: rows that were not
+    -- errors and now are (opted out)
+    SELECT x.message_id, count(*) FILTER (WHERE x.sent)::integer AS sent,
+           count(*) FILTER (WHERE x.sent AND due.was = 'E')::integer AS retried,
+           count(*) FILTER (WHERE NOT x.sent AND due.was <> 'E')::integer AS refused
+      FROM (SELECT id, message_id, true AS sent FROM sent
+            UNION ALL SELECT id, message_id, false FROM refused) x
+      JOIN due ON due.id = x.id
+     GROUP BY x.message_id
 ), locked AS (
     SELECT m.id
       FROM dbrouter.messages m
@@ -70,8 +82,9 @@
 ), rolled AS (
     UPDATE dbrouter.messages m
        SET n_done = m.n_done + d.sent,
-           n_error = m.n_error - d.retried,
-           status = dbrouter.rollup(m.n_total, m.n_error - d.retried, m.n_done + d.sent, m.n_delivered),
+           n_error = m.n_error - d.retried + d.refused,
+           status = dbrouter.rollup(m.n_total, m.n_error - d.retried + d.refused, m.n_done + d.sent,
+                                    m.n_delivered),
            sent_at = CASE WHEN m.n_done + d.sent = m.n_total THEN coalesce(m.sent_at, now()) ELSE m.sent_at END,
            updated_at = now()
       FROM deltas d
