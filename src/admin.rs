@@ -299,6 +299,8 @@ pub async fn backend_list(pool: &PgPool) -> Result<String> {
     );
     for (name, engine, enabled, batch, config) in rows {
         let batch = batch.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+        // Passwords, keys and headers are masked: this table gets pasted.
+        let config = crate::backends::secrets::masked(&config);
         let _ = writeln!(
             out,
             "{name:<20} {engine:<10} {enabled:<8} {batch:<6} {config}"
@@ -422,8 +424,22 @@ pub async fn status(pool: &PgPool, cfg: &WorkerConfig) -> Result<String> {
             out,
             "\nrecent errors (SELECT * FROM dbrouter.recent_errors for more):"
         );
+        // Errors are scrubbed when written; these may predate that.
+        let configs: Vec<(String, serde_json::Value)> =
+            sqlx::query_as("SELECT name, config FROM dbrouter.backends")
+                .fetch_all(pool)
+                .await?;
+        let secrets: std::collections::HashMap<String, Vec<String>> = configs
+            .into_iter()
+            .map(|(name, config)| (name, crate::backends::secrets::of(&config)))
+            .collect();
         for (at, backend, identity, msg, attempt, fin, error) in errors {
             let fin = if fin { "final" } else { "will retry" };
+            let error = crate::backends::secrets::scrub(
+                &error,
+                secrets.get(&backend).map_or(&[][..], Vec::as_slice),
+                "",
+            );
             let _ = writeln!(
                 out,
                 "  {at} {backend} {identity} message {msg} attempt {attempt} ({fin}): {error}"

@@ -332,8 +332,11 @@ impl App for Tricky {
 async fn replies_written_with_their_commit_arrive_exactly_as_given() {
     let db = TestDb::new().await;
     database_backends(&db).await;
-    db.exec(&format!("ALTER DATABASE {} SET backslash_quote = off", db.name))
-        .await;
+    db.exec(&format!(
+        "ALTER DATABASE {} SET backslash_quote = off",
+        db.name
+    ))
+    .await;
     let strict = dbrouter::db::connect(&db.url, 4).await.unwrap();
     db.exec(
         r#"INSERT INTO dbrouter.inbox (backend, identity, text, external_id) VALUES

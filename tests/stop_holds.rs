@@ -37,7 +37,11 @@ async fn requeue_after_an_outage(fixed: serde_json::Value) {
     // +5 opted out before the broadcast; +1..+4 fail during the outage.
     db.exec("SELECT dbrouter.opt_out('gw', '+5')").await;
     let first = db
-        .broadcast("gw", &["+1", "+2", "+3", "+4", "+5"].map(String::from), "hi")
+        .broadcast(
+            "gw",
+            &["+1", "+2", "+3", "+4", "+5"].map(String::from),
+            "hi",
+        )
         .await;
     // +6's broadcast is cancelled during the outage; +7's expires.
     let cancelled = db.broadcast("gw", &["+6".into()], "sale").await;
@@ -148,10 +152,14 @@ async fn a_queued_stop_confirmation_still_goes_out() {
     assert_eq!(outcomes(&db).await, "+1=Q:", "the confirmation waits");
     db.exec("SELECT dbrouter.resume_backend('sim')").await;
     // (a worker that saw the pause notices the resume at its next reload)
-    wait_until("the confirmation is sent", std::time::Duration::from_secs(60), || async {
-        worker.drain().await.unwrap();
-        outcomes(&db).await != "+1=Q:"
-    })
+    wait_until(
+        "the confirmation is sent",
+        std::time::Duration::from_secs(60),
+        || async {
+            worker.drain().await.unwrap();
+            outcomes(&db).await != "+1=Q:"
+        },
+    )
     .await;
     assert_eq!(sent_to(&db).await, "+1");
     assert_eq!(outcomes(&db).await, "+1=S:");

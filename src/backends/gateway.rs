@@ -14,7 +14,12 @@
 //!
 //! Errors name what happened (status and a short body excerpt, timeout,
 //! connection refused) and the gateway's address without its query string,
-//! which may hold credentials.
+//! which may hold credentials; every error is scrubbed of the config's
+//! secrets and the message's text ([`super::secrets`]) before it is stored.
+//!
+//! A gateway cannot make a worker misbehave: redirects are not followed (a
+//! 3xx is a failure naming the redirect, never a send), and at most
+//! [`BODY_CAP`] bytes of an answer are read.
 
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +36,68 @@ const EXCERPT: usize = 200;
 
 /// Calls of one message in flight at once (one call per identity).
 const CALLS_IN_FLIGHT: usize = 16;
+/// The most of a gateway's answer that is read; the rest is dropped with
+/// the connection. Every gateway answers a send in far less.
+pub const BODY_CAP: usize = 64 * 1024;
+
+/// One backend's gateway: its client, address and the secrets to keep out
+/// of errors.
+pub struct Gateway {
+    pub client: Client,
+    pub url: reqwest::Url,
+    secrets: Vec<String>,
+}
+
+impl Gateway {
+    /// From a backend's config: `config.url` and the shared settings.
+    pub fn new(
+        config: &serde_json::Value,
+        url: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Self, String> {
+        Ok(Gateway {
+            client: client(timeout)?,
+            url: parse_url("config.url", url)?,
+            secrets: super::secrets::of(config),
+        })
+    }
+
+    /// Send one request carrying `text`: the answer's body on success,
+    /// otherwise the outcome, its error scrubbed.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        text: &str,
+    ) -> Result<String, Outcome> {
+        send(request, &self.url)
+            .await
+            .map_err(|o| self.scrubbed(o, text))
+    }
+
+    /// `o` with its error scrubbed of secrets and `text`.
+    pub fn scrubbed(&self, o: Outcome, text: &str) -> Outcome {
+        let clean = |e: String| super::secrets::scrub(&e, &self.secrets, text);
+        match o {
+            Outcome::Sent { .. } => o,
+            Outcome::Failed { error, permanent } => Outcome::Failed {
+                error: clean(error),
+                permanent,
+            },
+            Outcome::Throttled { error, retry_after } => Outcome::Throttled {
+                error: clean(error),
+                retry_after,
+            },
+            Outcome::Unauthorized { error } => Outcome::Unauthorized {
+                error: clean(error),
+            },
+        }
+    }
+
+    /// The address to show in errors.
+    pub fn shown(&self) -> String {
+        shown(&self.url)
+    }
+}
 
 /// Run per-identity calls, several at once, outcomes in their order.
 pub async fn in_order<F>(calls: Vec<F>) -> Vec<Outcome>
@@ -48,6 +115,7 @@ where
 pub fn client(timeout: Option<Duration>) -> Result<Client, String> {
     let mut b = Client::builder()
         .user_agent(concat!("dbrouter/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(32);
     if let Some(t) = timeout {
         b = b.timeout(t);
@@ -58,7 +126,12 @@ pub fn client(timeout: Option<Duration>) -> Result<Client, String> {
 
 /// A URL from config: must parse and be http(s).
 pub fn parse_url(what: &str, s: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(s).map_err(|e| format!("{what} {s:?} is not a URL: {e}"))?;
+    let url = reqwest::Url::parse(s).map_err(|e| {
+        format!(
+            "{what} {:?} is not a URL: {e}",
+            super::secrets::scrub(s, &[], "")
+        )
+    })?;
     match url.scheme() {
         "http" | "https" => Ok(url),
         other => Err(format!("{what} must be http or https, not {other}")),
@@ -76,32 +149,49 @@ pub fn shown(url: &reqwest::Url) -> String {
 
 /// One request's result: the body on success, the outcome otherwise.
 pub async fn send(request: reqwest::RequestBuilder, url: &reqwest::Url) -> Result<String, Outcome> {
-    let response = match request.send().await {
+    let mut response = match request.send().await {
         Ok(r) => r,
-        Err(e) => return Err(transport_error(&e, url)),
+        Err(e) => return Err(transport_error(e, url)),
     };
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response.text().await.unwrap_or_default();
+    // At most BODY_CAP bytes; a body cut short or broken off still counts
+    // for its status (the gateway has answered).
+    let mut body = Vec::new();
+    while body.len() < BODY_CAP {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk[..chunk.len().min(BODY_CAP - body.len())])
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
     match classify(status, &headers, &body, url) {
         None => Ok(body),
         Some(o) => Err(o),
     }
 }
 
-fn transport_error(e: &reqwest::Error, url: &reqwest::Url) -> Outcome {
+/// A request that got no answer. reqwest's own text names the whole
+/// request URL (query string, credentials and all): it is dropped, and the
+/// error is told from its kind and its causes.
+fn transport_error(e: reqwest::Error, url: &reqwest::Url) -> Outcome {
     let at = shown(url);
+    let e = e.without_url();
+    let mut causes = Vec::new();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        causes.push(c.to_string());
+        cause = c.source();
+    }
+    let why = causes.last().cloned().unwrap_or_else(|| e.to_string());
     let what = if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {
-        // The innermost cause says "Connection refused" and the like.
-        let mut cause: &dyn std::error::Error = e;
-        while let Some(next) = cause.source() {
-            cause = next;
-        }
-        format!("could not connect ({cause})")
+        format!("could not connect ({why})")
     } else {
-        format!("request failed ({e})")
+        format!("request failed ({why})")
     };
     Outcome::retryable(format!("{what}: {at}"))
 }
@@ -122,6 +212,18 @@ pub fn classify(
     } else {
         format!("HTTP {} from {}: {excerpt}", status.as_u16(), shown(url))
     };
+    if status.is_redirection() {
+        let to = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|l| super::secrets::scrub(l, &[], ""))
+            .unwrap_or_default();
+        return Some(Outcome::retryable(format!(
+            "HTTP {} from {} redirects to {to:?}; dbrouter does not follow redirects: set config.url to the final address",
+            status.as_u16(),
+            shown(url)
+        )));
+    }
     let retry_after = retry_after(headers);
     Some(match status.as_u16() {
         401 | 403 => Outcome::Unauthorized { error },

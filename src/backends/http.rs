@@ -32,9 +32,8 @@ use super::{Backend, Outcome, SendError, SendRequest};
 /// id is read from the top-level JSON field `gateway_id` names.
 pub struct Http {
     config: Config,
-    url: reqwest::Url,
+    gw: gateway::Gateway,
     method: reqwest::Method,
-    client: reqwest::Client,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,13 +166,10 @@ fn check_json(what: &str, v: &Value) -> Result<(), String> {
 }
 
 impl Http {
-    pub fn from_config(
-        config: &Value,
-        timeout: Option<std::time::Duration>,
-    ) -> Result<Self, String> {
-        let config: Config = serde_json::from_value(config.clone())
+    pub fn from_config(raw: &Value, timeout: Option<std::time::Duration>) -> Result<Self, String> {
+        let config: Config = serde_json::from_value(raw.clone())
             .map_err(|e| format!("invalid config for the http engine: {e}"))?;
-        let url = gateway::parse_url("config.url", &config.url)?;
+        let gw = gateway::Gateway::new(raw, &config.url, timeout)?;
         let method = config
             .method
             .as_deref()
@@ -210,12 +206,10 @@ impl Http {
         if let Some(j) = &config.json {
             check_json("config.json", j)?;
         }
-        Ok(Http {
-            client: gateway::client(timeout)?,
-            config,
-            url,
-            method,
-        })
+        if config.separator.as_deref() == Some("") {
+            return Err("config.separator must not be empty".into());
+        }
+        Ok(Http { config, gw, method })
     }
 
     fn many(&self) -> bool {
@@ -227,8 +221,9 @@ impl Http {
         let query: Vec<(&String, String)> =
             c.query.iter().map(|(k, v)| (k, vars.fill(v))).collect();
         let mut request = self
+            .gw
             .client
-            .request(self.method.clone(), self.url.clone())
+            .request(self.method.clone(), self.gw.url.clone())
             .query(&query);
         for (k, v) in &c.headers {
             request = request.header(k.as_str(), vars.fill(v));
@@ -243,18 +238,21 @@ impl Http {
                 form.iter().map(|(k, v)| (k, vars.fill(v))).collect();
             request = request.form(&form);
         }
-        match gateway::send(request, &self.url).await {
+        match self.gw.send(request, vars.text).await {
             Ok(body)
                 if c.success_contains
                     .as_ref()
                     .is_some_and(|want| !body.contains(want.as_str())) =>
             {
                 let excerpt: String = body.trim().chars().take(200).collect();
-                Outcome::retryable(format!(
-                    "{} answered 2xx without {:?}: {excerpt}",
-                    gateway::shown(&self.url),
-                    c.success_contains.as_deref().unwrap_or_default()
-                ))
+                self.gw.scrubbed(
+                    Outcome::retryable(format!(
+                        "{} answered 2xx without {:?}: {excerpt}",
+                        self.gw.shown(),
+                        c.success_contains.as_deref().unwrap_or_default()
+                    )),
+                    vars.text,
+                )
             }
             Ok(body) => Outcome::Sent {
                 gateway_id: c.gateway_id.as_ref().and_then(|field| {
@@ -271,39 +269,65 @@ impl Http {
     }
 }
 
+/// Why this API cannot be given `identity`, if it cannot: the separator
+/// inside one identity would make it two recipients.
+fn refused(identity: &str, separator: &str) -> Option<Outcome> {
+    identity.contains(separator).then(|| {
+        Outcome::permanent(format!(
+            "identity {identity:?} contains the recipient separator {separator:?}, which the gateway reads as a second recipient; not sent"
+        ))
+    })
+}
+
 #[async_trait]
 impl Backend for Http {
     async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError> {
         let separator = self.config.separator.as_deref().unwrap_or(",");
+        let mut out: Vec<Option<Outcome>> = req
+            .recipients
+            .iter()
+            .map(|r| refused(&r.identity, separator))
+            .collect();
+        let fine: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_none()).collect();
         if self.many() {
-            let mut out = Vec::with_capacity(req.recipients.len());
-            for chunk in req.recipients.chunks(MAX_RECIPIENTS) {
+            for chunk in fine.chunks(MAX_RECIPIENTS) {
                 let vars = Vars {
                     text: &req.text,
-                    identities: chunk.iter().map(|r| r.identity.as_str()).collect(),
+                    identities: chunk
+                        .iter()
+                        .map(|&i| req.recipients[i].identity.as_str())
+                        .collect(),
                     separator,
                     message_id: req.message_id,
                     transmission_id: None,
                 };
                 let o = self.call(vars).await;
-                out.extend(std::iter::repeat_n(o, chunk.len()));
+                for &i in chunk {
+                    out[i] = Some(o.clone());
+                }
             }
-            return Ok(out);
-        }
-        let calls: Vec<_> = req
-            .recipients
-            .iter()
-            .map(|r| {
-                self.call(Vars {
-                    text: &req.text,
-                    identities: vec![r.identity.as_str()],
-                    separator,
-                    message_id: req.message_id,
-                    transmission_id: Some(r.transmission_id),
+        } else {
+            let calls: Vec<_> = fine
+                .iter()
+                .map(|&i| {
+                    let r = &req.recipients[i];
+                    self.call(Vars {
+                        text: &req.text,
+                        identities: vec![r.identity.as_str()],
+                        separator,
+                        message_id: req.message_id,
+                        transmission_id: Some(r.transmission_id),
+                    })
                 })
-            })
-            .collect();
-        Ok(gateway::in_order(calls).await)
+                .collect();
+            for (i, o) in fine.iter().zip(gateway::in_order(calls).await) {
+                out[*i] = Some(o);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::permanent("not sent")))
+            .collect())
     }
 }
 

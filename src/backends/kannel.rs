@@ -24,8 +24,7 @@ use super::{Backend, Outcome, SendError, SendRequest};
 /// sends to each number of a space-separated `to`).
 pub struct Kannel {
     config: Config,
-    url: reqwest::Url,
-    client: reqwest::Client,
+    gw: gateway::Gateway,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,13 +53,10 @@ struct Config {
 const MAX_RECIPIENTS: usize = 100;
 
 impl Kannel {
-    pub fn from_config(
-        config: &Value,
-        timeout: Option<std::time::Duration>,
-    ) -> Result<Self, String> {
-        let config: Config = serde_json::from_value(config.clone())
+    pub fn from_config(raw: &Value, timeout: Option<std::time::Duration>) -> Result<Self, String> {
+        let config: Config = serde_json::from_value(raw.clone())
             .map_err(|e| format!("invalid config for the kannel engine: {e}"))?;
-        let url = gateway::parse_url("config.url", &config.url)?;
+        let gw = gateway::Gateway::new(raw, &config.url, timeout)?;
         if let Some(d) = &config.dlr_url {
             gateway::parse_url("config.dlr_url", d)?;
         }
@@ -69,11 +65,7 @@ impl Kannel {
                 return Err(format!("config.coding must be 0, 1 or 2, got {c}"));
             }
         }
-        Ok(Kannel {
-            client: gateway::client(timeout)?,
-            config,
-            url,
-        })
+        Ok(Kannel { config, gw })
     }
 
     /// Kannel's `dlr-url` for one transmission.
@@ -106,9 +98,19 @@ impl Kannel {
         for (k, v) in &c.params {
             q.push((k.as_str(), v.clone()));
         }
-        let request = self.client.get(self.url.clone()).query(&q);
-        gateway::send(request, &self.url).await.map(|_| ())
+        let request = self.gw.client.get(self.gw.url.clone()).query(&q);
+        self.gw.send(request, text).await.map(|_| ())
     }
+}
+
+/// Why Kannel cannot be given this identity, if it cannot: Kannel splits
+/// `to` at spaces, so an identity holding one would reach two people.
+fn refused(identity: &str) -> Option<Outcome> {
+    identity.contains(char::is_whitespace).then(|| {
+        Outcome::permanent(format!(
+            "identity {identity:?} contains whitespace, which Kannel reads as a second recipient; not sent"
+        ))
+    })
 }
 
 #[async_trait]
@@ -121,6 +123,9 @@ impl Backend for Kannel {
                 .recipients
                 .iter()
                 .map(|r| async move {
+                    if let Some(o) = refused(&r.identity) {
+                        return o;
+                    }
                     let dlr = self.dlr_url(base, r.transmission_id);
                     match self.call(&[&r.identity], &req.text, Some(dlr)).await {
                         Ok(()) => sent(),
@@ -130,15 +135,25 @@ impl Backend for Kannel {
                 .collect();
             return Ok(gateway::in_order(calls).await);
         }
-        let mut out = Vec::with_capacity(req.recipients.len());
-        for chunk in req.recipients.chunks(MAX_RECIPIENTS) {
-            let to: Vec<&str> = chunk.iter().map(|r| r.identity.as_str()).collect();
+        let mut out: Vec<Option<Outcome>> = req
+            .recipients
+            .iter()
+            .map(|r| refused(&r.identity))
+            .collect();
+        let fine: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_none()).collect();
+        for chunk in fine.chunks(MAX_RECIPIENTS) {
+            let to: Vec<&str> = chunk
+                .iter()
+                .map(|&i| req.recipients[i].identity.as_str())
+                .collect();
             let o = match self.call(&to, &req.text, None).await {
                 Ok(()) => sent(),
                 Err(o) => o,
             };
-            out.extend(std::iter::repeat_n(o, chunk.len()));
+            for &i in chunk {
+                out[i] = Some(o.clone());
+            }
         }
-        Ok(out)
+        Ok(out.into_iter().map(|o| o.unwrap_or_else(sent)).collect())
     }
 }

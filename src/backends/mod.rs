@@ -10,6 +10,7 @@ mod database;
 pub mod gateway;
 mod http;
 mod kannel;
+pub mod secrets;
 mod vumi;
 
 use std::sync::Arc;

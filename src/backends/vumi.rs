@@ -19,8 +19,7 @@ use super::{Backend, Outcome, SendError, SendRequest};
 /// delivery_report) for it match exactly that transmission.
 pub struct Vumi {
     config: Config,
-    url: reqwest::Url,
-    client: reqwest::Client,
+    gw: gateway::Gateway,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,18 +36,11 @@ struct Config {
 }
 
 impl Vumi {
-    pub fn from_config(
-        config: &Value,
-        timeout: Option<std::time::Duration>,
-    ) -> Result<Self, String> {
-        let config: Config = serde_json::from_value(config.clone())
+    pub fn from_config(raw: &Value, timeout: Option<std::time::Duration>) -> Result<Self, String> {
+        let config: Config = serde_json::from_value(raw.clone())
             .map_err(|e| format!("invalid config for the vumi engine: {e}"))?;
-        let url = gateway::parse_url("config.url", &config.url)?;
-        Ok(Vumi {
-            client: gateway::client(timeout)?,
-            config,
-            url,
-        })
+        let gw = gateway::Gateway::new(raw, &config.url, timeout)?;
+        Ok(Vumi { config, gw })
     }
 
     async fn call(&self, identity: &str, req: &SendRequest) -> Outcome {
@@ -56,11 +48,11 @@ impl Vumi {
         if let Some(ext) = &req.reply_to_external_id {
             body["in_reply_to"] = json!(ext);
         }
-        let mut request = self.client.post(self.url.clone()).json(&body);
+        let mut request = self.gw.client.post(self.gw.url.clone()).json(&body);
         if let Some(b) = &self.config.basic {
             request = request.basic_auth(&b.username, Some(&b.password));
         }
-        match gateway::send(request, &self.url).await {
+        match self.gw.send(request, &req.text).await {
             Ok(body) => Outcome::Sent {
                 gateway_id: serde_json::from_str::<Value>(&body).ok().and_then(|v| {
                     v.get("message_id")
