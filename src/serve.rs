@@ -139,11 +139,9 @@ pub async fn serve(
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {
     match sqlx::query("SELECT 1").execute(&st.pool).await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unreachable: {e}\n"),
-        )
-            .into_response(),
+        // The database's error (host names, roles) goes to the log, not to
+        // whoever asks.
+        Err(e) => unavailable(e).into_response(),
     }
 }
 
@@ -194,15 +192,16 @@ impl AppState {
                 format!("no {engine} backend named {name:?}"),
             ));
         };
-        // An empty secret would let anyone in: it counts as none.
+        // An empty secret, or basic auth with an empty user or password,
+        // would let anyone in: it counts as none.
         let Some(auth) = b
             .auth
             .as_ref()
-            .filter(|a| a.secret.as_deref().is_some_and(|s| !s.is_empty()) || a.basic.is_some())
+            .filter(|a| a.secret.as_deref().is_some_and(|s| !s.is_empty()) || basic_set(&a.basic))
         else {
             return Err(Refusal(
                 StatusCode::FORBIDDEN,
-                format!("backend {name:?} accepts nothing: set config.inbound.secret (or config.inbound.basic)"),
+                format!("backend {name:?} accepts nothing: set config.inbound.secret (or config.inbound.basic with a username and a password)"),
             ));
         };
         let given_secret = headers
@@ -214,7 +213,7 @@ impl AppState {
             _ => false,
         };
         let basic_ok = match (&auth.basic, basic_credentials(headers)) {
-            (Some(want), Some((user, pass))) => {
+            (Some(want), Some((user, pass))) if basic_set(&auth.basic) => {
                 same(want.username.as_bytes(), user.as_bytes())
                     & same(want.password.as_bytes(), pass.as_bytes())
             }
@@ -229,6 +228,13 @@ impl AppState {
             ))
         }
     }
+}
+
+/// Basic auth is configured with a user and a password, both non-empty.
+fn basic_set(basic: &Option<crate::backends::gateway::Basic>) -> bool {
+    basic
+        .as_ref()
+        .is_some_and(|b| !b.username.is_empty() && !b.password.is_empty())
 }
 
 /// Constant-time comparison.

@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use common::{test_config, wait_until, TestDb};
+use common::{get, receiver, test_config, wait_until, TestDb};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -111,19 +111,6 @@ async fn stand_in() -> (Arc<Gw>, SocketAddr) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (gw, addr)
-}
-
-/// `dbrouter serve` in this process, on a free port.
-async fn receiver(db: &TestDb) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let pool = db.pool.clone();
-    tokio::spawn(async move {
-        dbrouter::serve::serve(pool, listener, std::future::pending())
-            .await
-            .unwrap()
-    });
-    format!("http://{addr}")
 }
 
 fn status_of(db: &TestDb) -> impl std::future::Future<Output = String> + '_ {
@@ -373,11 +360,6 @@ async fn the_failure_policy_retries_fails_throttles_and_pauses() {
         "{r}"
     );
     db.drop().await;
-}
-
-async fn get(url: &str) -> (u16, String) {
-    let r = reqwest::get(url).await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -294,3 +294,26 @@ pub fn spawn_worker(url: &str, args: &[&str]) -> Proc {
             .expect("spawn dbrouter worker"),
     )
 }
+
+/// `dbrouter serve` in this process, on a free port; its base URL.
+pub async fn receiver(db: &TestDb) -> String {
+    receiver_on(db.pool.clone()).await
+}
+
+/// `dbrouter serve` on `pool`, in this process, on a free port.
+pub async fn receiver_on(pool: PgPool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        dbrouter::serve::serve(pool, listener, std::future::pending())
+            .await
+            .unwrap()
+    });
+    format!("http://{addr}")
+}
+
+/// A GET's status and body.
+pub async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
