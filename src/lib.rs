@@ -12,10 +12,12 @@
 pub mod admin;
 pub mod apps;
 pub mod backends;
+pub mod charset;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod fanout;
+pub mod gsm;
 pub mod inbound;
 pub mod literal;
 pub mod outbound;

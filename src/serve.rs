@@ -4,7 +4,8 @@
 //!
 //! Routes (`{backend}` is a backend's name; its engine must match):
 //! - `GET|POST /kannel/{backend}/receive` — Kannel `get-url`/`post-url`
-//!   (`sender`, `text`, optional `id`, `to`)
+//!   (`sender`, `text`, optional `id`, `to`, `charset`, `coding`; the text
+//!   decoded strictly in the set Kannel names, see [`crate::charset`])
 //! - `GET /kannel/{backend}/dlr` — Kannel `dlr-url` (`t`, `type`)
 //! - `POST /vumi/{backend}/message` — a Vumi message (JSON)
 //! - `POST /vumi/{backend}/event` — a Vumi event (ack, nack, delivery_report)
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,6 +38,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::backends::gateway::InboundAuth;
+use crate::charset;
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -403,13 +405,47 @@ async fn submit<T>(committer: &mpsc::Sender<(T, Reply)>, row: T) -> Result<(), R
 // Kannel.
 // ---------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+/// An inbound message as Kannel sends it, its text already decoded.
+#[derive(Debug)]
 struct KannelMessage {
     sender: Option<String>,
     text: Option<String>,
     id: Option<String>,
     to: Option<String>,
     secret: Option<String>,
+}
+
+/// A form's fields as text: UTF-8, except `text_field`, which is decoded in
+/// the character set `charset`/`coding` name (see [`crate::charset`]), or in
+/// the set the form's own `charset` and `coding` fields name (Kannel's `%C`
+/// and `%c`). A field that is not valid in its set refuses the request.
+fn text_fields(
+    raw: &[u8],
+    text_field: &str,
+    charset: Option<&str>,
+    coding: Option<&str>,
+) -> Result<HashMap<String, String>, Refusal> {
+    let pairs = charset::form_pairs(raw);
+    let mut out = HashMap::new();
+    let mut text = None;
+    for (k, v) in pairs {
+        let k = charset::decode(&k, encoding_rs::UTF_8, "a field name").map_err(bad)?;
+        if k == text_field {
+            text = Some(v);
+            continue;
+        }
+        let v =
+            charset::decode(&v, encoding_rs::UTF_8, &format!("the field {k:?}")).map_err(bad)?;
+        out.insert(k, v);
+    }
+    if let Some(bytes) = text {
+        let charset = charset.or(out.get("charset").map(String::as_str));
+        let coding = coding.or(out.get("coding").map(String::as_str));
+        let enc = charset::named(charset, coding).map_err(bad)?;
+        let t = charset::decode(&bytes, enc, &format!("the {text_field}")).map_err(bad)?;
+        out.insert(text_field.to_string(), t);
+    }
+    Ok(out)
 }
 
 async fn kannel_receive(
@@ -420,12 +456,12 @@ async fn kannel_receive(
 ) -> Result<Response, Refusal> {
     st.authorize(backend, "kannel", headers, m.secret.as_deref())
         .await?;
-    let sender = m
-        .sender
-        .ok_or_else(|| bad("sender is missing (get-url: sender=%p)"))?;
+    let sender = m.sender.ok_or_else(|| {
+        bad("sender is missing (get-url: sender=%p; post-url: send-sender = true)")
+    })?;
     let text = m
         .text
-        .ok_or_else(|| bad("text is missing (get-url: text=%a)"))?;
+        .ok_or_else(|| bad("text is missing (get-url: text=%b)"))?;
     let mut fields = serde_json::Map::new();
     if let Some(to) = m.to {
         fields.insert("to".into(), Value::String(to));
@@ -442,37 +478,55 @@ async fn kannel_receive(
     Ok(StatusCode::OK.into_response())
 }
 
+/// get-url: every field in the query; the text in the set `%C` names
+/// (`charset=`), or by `%c` (`coding=`: 2 is UCS-2), else UTF-8.
 async fn kannel_receive_get(
     State(st): State<Arc<AppState>>,
     Path(backend): Path<String>,
     headers: HeaderMap,
-    Query(m): Query<KannelMessage>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, Refusal> {
+    let mut q = text_fields(query.unwrap_or_default().as_bytes(), "text", None, None)?;
+    let m = KannelMessage {
+        sender: q.remove("sender"),
+        text: q.remove("text"),
+        id: q.remove("id"),
+        to: q.remove("to"),
+        secret: q.remove("secret"),
+    };
     kannel_receive(&st, &backend, &headers, m).await
 }
 
+/// post-url: the text is the body, in the set its Content-Type names (or
+/// by `X-Kannel-Coding`); the sender in `X-Kannel-From` (send-sender =
+/// true), or any field in the query as with get-url.
 async fn kannel_receive_post(
     State(st): State<Arc<AppState>>,
     Path(backend): Path<String>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    // Kannel's post-url sends the text as the body and the sender in the
-    // X-Kannel-From header (or put them in the URL like get-url).
-    let text = String::from_utf8(body.to_vec()).map_err(|_| bad("the body is not UTF-8"))?;
+    let mut q = text_fields(query.unwrap_or_default().as_bytes(), "text", None, None)?;
     let header = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    let content_type = header("content-type").unwrap_or_default();
+    let charset = charset::content_type_charset(&content_type)
+        .map(str::to_string)
+        .or_else(|| q.get("charset").cloned());
+    let coding = header("x-kannel-coding").or_else(|| q.get("coding").cloned());
+    let enc = charset::named(charset.as_deref(), coding.as_deref()).map_err(bad)?;
+    let text = charset::decode(&body, enc, "the body").map_err(bad)?;
     let m = KannelMessage {
-        sender: q.get("sender").cloned().or_else(|| header("x-kannel-from")),
+        sender: q.remove("sender").or_else(|| header("x-kannel-from")),
         text: Some(text),
-        id: q.get("id").cloned(),
-        to: q.get("to").cloned().or_else(|| header("x-kannel-to")),
-        secret: q.get("secret").cloned(),
+        id: q.remove("id"),
+        to: q.remove("to").or_else(|| header("x-kannel-to")),
+        secret: q.remove("secret"),
     };
     kannel_receive(&st, &backend, &headers, m).await
 }
@@ -654,7 +708,16 @@ fn fields_of(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String
         }
         Ok(out)
     } else {
-        serde_urlencoded::from_bytes(body).map_err(|e| bad(format!("the form is malformed: {e}")))
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        text_fields(
+            body,
+            "text",
+            charset::content_type_charset(content_type),
+            None,
+        )
     }
 }
 

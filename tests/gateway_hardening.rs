@@ -259,3 +259,64 @@ async fn an_identity_that_would_be_two_recipients_is_refused() {
     assert_eq!(http.requests.lock().unwrap().len(), 1);
     db.drop().await;
 }
+
+/// Kannel is told each message's coding: GSM 7-bit when every character
+/// is in the GSM 03.38 alphabet or its extension, else UCS-2 — always with
+/// `charset=UTF-8`, which is what is sent — unless the backend pins one.
+#[tokio::test]
+async fn kannel_gets_a_coding_chosen_per_message() {
+    let db = TestDb::new().await;
+    let free = stand_in(Misbehaviour::Accepts).await;
+    let pinned = stand_in(Misbehaviour::Accepts).await;
+    db.backend(
+        "k",
+        "kannel",
+        json!({"url": format!("http://{}/cgi-bin/sendsms", free.addr)}),
+        None,
+    )
+    .await;
+    db.backend(
+        "p",
+        "kannel",
+        json!({"url": format!("http://{}/cgi-bin/sendsms", pinned.addr), "coding": 0}),
+        None,
+    )
+    .await;
+    for text in ["Price: 5€ [ok] {x}", "café 😀"] {
+        db.broadcast("k", &["+1".into()], text).await;
+        db.broadcast("p", &["+1".into()], text).await;
+    }
+    db.worker(test_config()).await.drain().await.unwrap();
+    let query = |s: &StandIn| -> Vec<String> {
+        let mut q: Vec<String> = s
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let target = r.split(' ').nth(1).unwrap_or_default();
+                let pairs: Vec<(String, String)> =
+                    serde_urlencoded::from_str(target.split_once('?').unwrap().1).unwrap();
+                let get = |k: &str| {
+                    pairs
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                format!("{}|{}|{}", get("coding"), get("charset"), get("text"))
+            })
+            .collect();
+        q.sort();
+        q
+    };
+    assert_eq!(
+        query(&free),
+        ["0|UTF-8|Price: 5€ [ok] {x}", "2|UTF-8|café 😀"]
+    );
+    assert_eq!(
+        query(&pinned),
+        ["0|UTF-8|Price: 5€ [ok] {x}", "0|UTF-8|café 😀"]
+    );
+    db.drop().await;
+}

@@ -6,13 +6,20 @@ use serde_json::Value;
 
 use super::gateway::{self, InboundAuth};
 use super::{Backend, Outcome, SendError, SendRequest};
+use crate::gsm;
 
 /// Kannel's `sendsms` HTTP interface (a GET per call).
+///
+/// Each message goes as UTF-8 with `coding=0` (GSM 7-bit) when every
+/// character is in the GSM 03.38 alphabet or its extension table, else
+/// `coding=2` (UCS-2), so emoji and other scripts arrive intact; `coding`
+/// in the config pins one for every message, `charset` names another
+/// encoding of the text than UTF-8 (rarely right: dbrouter sends UTF-8).
 ///
 /// Config:
 /// ```json
 /// {"url": "http://kannel:13013/cgi-bin/sendsms", "username": "u", "password": "p",
-///  "from": "1234", "smsc": "vodacom", "charset": "UTF-8", "coding": 2,
+///  "from": "1234", "smsc": "vodacom",
 ///  "params": {"priority": "1"},
 ///  "dlr_url": "http://dbrouter:8080/kannel/sms/dlr?secret=s3cret", "dlr_mask": 31,
 ///  "inbound": {"secret": "s3cret"}, "timeout": "20s"}
@@ -82,15 +89,19 @@ impl Kannel {
             ("password", &c.password),
             ("from", &c.from),
             ("smsc", &c.smsc),
-            ("charset", &c.charset),
         ] {
             if let Some(v) = v {
                 q.push((k, v.clone()));
             }
         }
-        if let Some(coding) = c.coding {
-            q.push(("coding", coding.to_string()));
-        }
+        // The text goes as UTF-8 (what reqwest encodes); the coding is
+        // chosen per message unless the backend pins one.
+        let coding = c.coding.unwrap_or(if gsm::is_gsm7(text) { 0 } else { 2 });
+        q.push(("coding", coding.to_string()));
+        q.push((
+            "charset",
+            c.charset.clone().unwrap_or_else(|| "UTF-8".into()),
+        ));
         if let Some(dlr) = dlr {
             q.push(("dlr-mask", c.dlr_mask.unwrap_or(31).to_string()));
             q.push(("dlr-url", dlr));
