@@ -95,6 +95,14 @@ pub fn content_type_charset(content_type: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
+    /// A form, its %C and %c, and the text or the error expected.
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+        Result<&'static str, &'static str>,
+    );
+
     fn text(raw: &str, charset: Option<&str>, coding: Option<&str>) -> Result<String, String> {
         let pairs = form_pairs(raw.as_bytes());
         let enc = named(charset, coding)?;
@@ -104,7 +112,7 @@ mod tests {
     #[test]
     fn decodes_what_the_gateway_names_and_refuses_the_rest() {
         // (form, %C, %c, expected)
-        let cases: &[(&str, Option<&str>, Option<&str>, Result<&str, &str>)] = &[
+        let cases: &[Case] = &[
             (
                 "text=hello++world%09tab%0Anext",
                 Some("UTF-8"),
