@@ -129,6 +129,18 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool> {
     Ok(pool_options(max_connections).connect_lazy_with(connect_options(url)?))
 }
 
+/// The pool of `dbrouter serve`: a request waits for a connection at most
+/// 3 s and a statement runs at most 4 s (or waits 4 s for a lock), so a
+/// database that is down or a locked table gets a quick 503 (the receiver
+/// answers within serve::WRITE_DEADLINE) instead of a gateway kept waiting.
+pub fn connect_lazy_receiver(url: &str, max_connections: u32) -> Result<PgPool> {
+    let options =
+        connect_options(url)?.options([("statement_timeout", "4s"), ("lock_timeout", "4s")]);
+    Ok(pool_options(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy_with(options))
+}
+
 /// How dbrouter connects to `url` (its application name set).
 pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
     let options: PgConnectOptions = url.parse()?;

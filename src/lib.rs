@@ -19,6 +19,7 @@ pub mod error;
 pub mod fanout;
 pub mod gsm;
 pub mod inbound;
+pub mod listen;
 pub mod literal;
 pub mod outbound;
 pub mod registry;

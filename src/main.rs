@@ -42,6 +42,18 @@ enum Command {
         /// Database connections for the receiver.
         #[arg(long, env = "DBROUTER_SERVE_CONNECTIONS", default_value_t = 8)]
         connections: u32,
+        /// Most client connections at once; more wait to be accepted.
+        #[arg(long, env = "DBROUTER_SERVE_MAX_CLIENTS", default_value_t = 4096)]
+        max_clients: usize,
+        /// A client's time to send a request's headers (and to stay idle).
+        #[arg(long, env = "DBROUTER_SERVE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+        header_timeout: Duration,
+        /// A request's time to be complete and answered (else 408).
+        #[arg(long, env = "DBROUTER_SERVE_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+        request_timeout: Duration,
+        /// On SIGTERM, how long requests in flight may take to finish.
+        #[arg(long, env = "DBROUTER_SERVE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+        shutdown_timeout: Duration,
     },
     /// Enqueue an inbound message, as if a gateway had received it.
     Receive {
@@ -306,14 +318,26 @@ async fn main() -> Result<()> {
         Command::Serve {
             listen,
             connections,
+            max_clients,
+            header_timeout,
+            request_timeout,
+            shutdown_timeout,
         } => {
-            let pool = db::connect_lazy(&cli.database_url, *connections)
+            let pool = db::connect_lazy_receiver(&cli.database_url, *connections)
                 .context("DATABASE_URL is not a valid URL")?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}; is it in use?"))?;
-            tracing::info!(address = %listen, "receiving from gateways");
-            dbrouter::serve::serve(pool, listener, async move { shutdown.cancelled().await })
+            let open_files = dbrouter::listen::raise_open_files();
+            tracing::info!(address = %listen, open_files, "receiving from gateways");
+            let limits = dbrouter::listen::Limits {
+                max_connections: *max_clients,
+                header_timeout: *header_timeout,
+                request_timeout: *request_timeout,
+                shutdown_timeout: *shutdown_timeout,
+            };
+            let stop = async move { shutdown.cancelled().await };
+            dbrouter::serve::serve_with(pool, listener, stop, limits)
                 .await
                 .context("the HTTP receiver failed")?;
             tracing::info!("receiver stopped");

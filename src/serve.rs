@@ -35,10 +35,12 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use std::sync::Mutex;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::backends::gateway::InboundAuth;
 use crate::charset;
+pub use crate::listen::Limits;
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -48,6 +50,12 @@ const GROUP_WINDOW: Duration = Duration::from_millis(2);
 const GROUP_MAX: usize = 500;
 /// How long the backend table is cached.
 const BACKENDS_TTL: Duration = Duration::from_secs(2);
+/// How long a request waits for its row to be committed (or the backends
+/// to be read) before it is answered 503: a gateway retries; one that is
+/// kept waiting holds a connection and may give up without retrying.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// What a 503 tells the gateway to wait before retrying, in seconds.
+const RETRY_AFTER_SECS: &str = "2";
 
 /// A request's failure, as its HTTP answer.
 #[derive(Debug)]
@@ -55,7 +63,14 @@ pub struct Refusal(StatusCode, String);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        (self.0, format!("{}\n", self.1)).into_response()
+        let mut r = (self.0, format!("{}\n", self.1)).into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        r
     }
 }
 
@@ -95,6 +110,7 @@ struct BackendInfo {
 
 struct AppState {
     pool: PgPool,
+    /// The last read of the backends; never held across a database call.
     backends: Mutex<Option<(Instant, Backends)>>,
     inbound: mpsc::Sender<(Inbound, oneshot::Sender<Result<(), Refusal>>)>,
     receipts: mpsc::Sender<(Receipt, oneshot::Sender<Result<(), Refusal>>)>,
@@ -127,15 +143,23 @@ pub fn router(pool: PgPool) -> Router {
         .with_state(state)
 }
 
-/// Serve on `listener` until `shutdown` resolves.
+/// Serve on `listener` until `shutdown` resolves, with the default limits.
 pub async fn serve(
     pool: PgPool,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(pool))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(pool, listener, shutdown, Limits::default()).await
+}
+
+/// Serve on `listener` until `shutdown` resolves (see [`crate::listen`]).
+pub async fn serve_with(
+    pool: PgPool,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    limits: Limits,
+) -> std::io::Result<()> {
+    crate::listen::run(router(pool), listener, shutdown, limits).await
 }
 
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {
@@ -152,18 +176,26 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
 // ---------------------------------------------------------------------------
 
 impl AppState {
+    fn cached_backends(&self) -> Option<Backends> {
+        let cache = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < BACKENDS_TTL)
+            .map(|(_, map)| map.clone())
+    }
+
     async fn backends(&self) -> Result<Backends, Refusal> {
-        let mut cache = self.backends.lock().await;
-        if let Some((at, map)) = cache.as_ref() {
-            if at.elapsed() < BACKENDS_TTL {
-                return Ok(map.clone());
-            }
+        if let Some(map) = self.cached_backends() {
+            return Ok(map);
         }
-        let rows: Vec<(i32, String, String, Value)> =
-            sqlx::query_as("SELECT id, name, engine, config FROM dbrouter.backends")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
+        // Read without the cache's lock held: concurrent requests may read
+        // too, none waits for another's database call.
+        let read = sqlx::query_as("SELECT id, name, engine, config FROM dbrouter.backends")
+            .fetch_all(&self.pool);
+        let rows: Vec<(i32, String, String, Value)> = tokio::time::timeout(WRITE_DEADLINE, read)
+            .await
+            .map_err(|_| database_down())?
+            .map_err(unavailable)?;
         let map: HashMap<String, BackendInfo> = rows
             .into_iter()
             .map(|(id, name, engine, config)| {
@@ -174,7 +206,8 @@ impl AppState {
             })
             .collect();
         let map = Arc::new(map);
-        *cache = Some((Instant::now(), map.clone()));
+        *self.backends.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), map.clone()));
         Ok(map)
     }
 
@@ -295,6 +328,12 @@ where
                 _ => break,
             }
         }
+        // A request answered 503 while its row waited here is not written:
+        // its gateway sends it again.
+        group.retain(|(_, reply)| !reply.is_closed());
+        if group.is_empty() {
+            continue;
+        }
         let rows: Vec<T> = group.iter().map(|(r, _)| r.clone()).collect();
         match write(pool.clone(), rows).await {
             Ok(()) => {
@@ -302,14 +341,14 @@ where
                     let _ = reply.send(Ok(()));
                 }
             }
-            Err(e) if group.len() > 1 && !crate::db::is_transient(&e) => {
+            Err(e) if group.len() > 1 && !not_now(&e) => {
                 for (row, reply) in group {
                     let r = write(pool.clone(), vec![row]).await.map_err(refusal);
                     let _ = reply.send(r);
                 }
             }
             Err(e) => {
-                let transient = crate::db::is_transient(&e);
+                let transient = not_now(&e);
                 let msg = match &e {
                     sqlx::Error::Database(db) => db.message().to_string(),
                     _ => e.to_string(),
@@ -326,8 +365,16 @@ where
     }
 }
 
+/// Whether the database could not take a write now (down, restarting, a
+/// statement timeout or a lock it could not get) rather than refused it.
+fn not_now(e: &sqlx::Error) -> bool {
+    crate::db::is_transient(e)
+        || matches!(e, sqlx::Error::Database(db)
+                    if db.code().is_some_and(|c| matches!(c.as_ref(), "57014" | "55P03")))
+}
+
 fn refusal(e: sqlx::Error) -> Refusal {
-    if crate::db::is_transient(&e) {
+    if not_now(&e) {
         return unavailable(e);
     }
     match &e {
@@ -390,15 +437,28 @@ impl AppState {
     }
 }
 
-/// Hand a row to its group committer and wait for the commit's answer.
+/// Hand a row to its group committer and wait for the commit's answer, at
+/// most WRITE_DEADLINE: then 503, and the row is not written unless its
+/// write had already begun (a gateway's id makes the retry a no-op then).
 async fn submit<T>(committer: &mpsc::Sender<(T, Reply)>, row: T) -> Result<(), Refusal> {
     let shutting_down = || Refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
     let (tx, rx) = oneshot::channel();
-    committer
-        .send((row, tx))
-        .await
-        .map_err(|_| shutting_down())?;
-    rx.await.map_err(|_| shutting_down())?
+    let wait = async {
+        committer
+            .send((row, tx))
+            .await
+            .map_err(|_| shutting_down())?;
+        rx.await.map_err(|_| shutting_down())?
+    };
+    match tokio::time::timeout(WRITE_DEADLINE, wait).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            tracing::warn!(
+                "the database did not take a write within {WRITE_DEADLINE:?}; answered 503"
+            );
+            Err(database_down())
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
