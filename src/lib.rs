@@ -16,6 +16,7 @@ pub mod charset;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod failure_log;
 pub mod fanout;
 pub mod gsm;
 pub mod inbound;

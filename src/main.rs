@@ -115,7 +115,7 @@ enum BackendCommand {
     /// Add a backend.
     Add {
         name: String,
-        /// database or console.
+        /// kannel, vumi, http, database or console.
         #[arg(long)]
         engine: String,
         /// Engine settings as a JSON object.
@@ -269,6 +269,8 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: not in files, pipes or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     // Long-running commands stop gracefully on SIGTERM/SIGINT; watch from

@@ -182,6 +182,7 @@ pub async fn send(
         for (req, result) in requests.iter().zip(results) {
             out.extend(outcomes_for(req, result));
         }
+        entry.failures.record(&entry.name, &out);
         return out;
     }
     // One call per message, several in flight, each under its own deadline.
@@ -212,6 +213,7 @@ pub async fn send(
         .collect()
         .await;
     out.extend(sent.into_iter().flatten());
+    entry.failures.record(&entry.name, &out);
     out
 }
 

@@ -30,6 +30,8 @@ pub struct BackendEntry {
     pub timeout: Duration,
     /// The engine, or why the row's configuration is unusable.
     pub engine_impl: std::result::Result<Arc<dyn Backend>, String>,
+    /// Failed sends, logged a few at a time.
+    pub failures: Arc<crate::failure_log::FailureLog>,
     config: serde_json::Value,
     updated_at: DateTime<Utc>,
 }
@@ -155,6 +157,7 @@ fn build_entry(row: Row, pool: &PgPool, cfg: &WorkerConfig) -> BackendEntry {
         throttled_until: row.throttled_until,
         timeout,
         engine_impl,
+        failures: Default::default(),
         updated_at: row.updated_at,
     }
 }

@@ -283,3 +283,54 @@ async fn traffic_controls_from_the_command_line() {
     assert!(!run(&["optout", "list"]).contains("+255712000111"));
     db.drop().await;
 }
+
+/// Logs written to a pipe carry no colour codes, and a failed send is
+/// logged with its backend, transmission and error (a few per window).
+#[tokio::test]
+async fn failed_sends_are_logged_plainly_to_a_pipe() {
+    let db = TestDb::new().await;
+    db.backend(
+        "sms",
+        "database",
+        serde_json::json!({"fail": {"error": "gateway down"}}),
+        None,
+    )
+    .await;
+    let ids: Vec<String> = (1..=20).map(|i| format!("+2557000000{i:02}")).collect();
+    db.broadcast("sms", &ids, "hi").await;
+    let out = Command::new(env!("CARGO_BIN_EXE_dbrouter"))
+        .args(["worker", "--exit-when-idle", "--max-attempts", "1"])
+        .env("DATABASE_URL", &db.url)
+        .env("DBROUTER_LOG", "warn")
+        .output()
+        .expect("run dbrouter");
+    assert!(out.status.success(), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log}"
+    );
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("send failed")).collect();
+    assert_eq!(lines.len(), 5, "five logged, the rest counted: {log}");
+    assert!(
+        lines[0].contains("backend=\"sms\"")
+            && lines[0].contains("transmission=")
+            && lines[0].contains("gateway down"),
+        "{log}"
+    );
+    db.drop().await;
+}
+
+/// `backend add --help` names every engine.
+#[test]
+fn backend_add_help_names_every_engine() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dbrouter"))
+        .args(["backend", "add", "--help"])
+        .output()
+        .expect("run dbrouter");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("kannel, vumi, http, database or console"),
+        "{help}"
+    );
+}
