@@ -193,6 +193,7 @@ mod tests {
             (5, "0bad1ead2d2ea65c5f6f19ed4b8999154e806eafb428dcb9908e899eba1f352115749d5b98e80d4b409a080f61da8b35"),
             (6, "c29891749aebb1c762d8cf77db2a79bfcfdf4a1d6fda2896c878db1deab697b61176bbc47dc5b289aaac4c82883c0111"),
             (7, "74c8fcf0c03e152910a3dbd3fe3668ddc7475f17f54ebb31fa8c8b08ff47ece51f20ddd3dfe59267ee750eb1789fc2d9"),
+            (8, "aa2e8a5e55ed7ab2a13f7fde50fdc74f61151077ece81bf64635388f4ff545ef5a38a3e9fd0013f972f3c49a385a6c1a"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR
