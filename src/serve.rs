@@ -50,10 +50,17 @@ const GROUP_WINDOW: Duration = Duration::from_millis(2);
 const GROUP_MAX: usize = 500;
 /// How long the backend table is cached.
 const BACKENDS_TTL: Duration = Duration::from_secs(2);
-/// How long a request waits for its row to be committed (or the backends
-/// to be read) before it is answered 503: a gateway retries; one that is
-/// kept waiting holds a connection and may give up without retrying.
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a request waits for the backends to be read before it is
+/// answered 503: a gateway retries; one that is kept waiting holds a
+/// connection and may give up without retrying.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a row may wait for its group's write to begin (behind a write
+/// the database is slow to take) before its request is answered 503
+/// without writing it. The write itself is bounded by the receiver's
+/// statement_timeout and lock_timeout (db::connect_lazy_receiver), so a
+/// request is answered within about 1 + 3 (a connection) + 4 s, and a 503
+/// means its row was not written.
+const QUEUE_WAIT: Duration = Duration::from_secs(1);
 /// What a 503 tells the gateway to wait before retrying, in seconds.
 const RETRY_AFTER_SECS: &str = "2";
 
@@ -112,8 +119,8 @@ struct AppState {
     pool: PgPool,
     /// The last read of the backends; never held across a database call.
     backends: Mutex<Option<(Instant, Backends)>>,
-    inbound: mpsc::Sender<(Inbound, oneshot::Sender<Result<(), Refusal>>)>,
-    receipts: mpsc::Sender<(Receipt, oneshot::Sender<Result<(), Refusal>>)>,
+    inbound: mpsc::Sender<(Inbound, Waiter)>,
+    receipts: mpsc::Sender<(Receipt, Waiter)>,
 }
 
 /// The router, with its group committers running on `pool`.
@@ -192,7 +199,7 @@ impl AppState {
         // too, none waits for another's database call.
         let read = sqlx::query_as("SELECT id, name, engine, config FROM dbrouter.backends")
             .fetch_all(&self.pool);
-        let rows: Vec<(i32, String, String, Value)> = tokio::time::timeout(WRITE_DEADLINE, read)
+        let rows: Vec<(i32, String, String, Value)> = tokio::time::timeout(READ_DEADLINE, read)
             .await
             .map_err(|_| database_down())?
             .map_err(unavailable)?;
@@ -307,13 +314,17 @@ fn database_down() -> Refusal {
 // Group commit.
 // ---------------------------------------------------------------------------
 
-type Reply = oneshot::Sender<Result<(), Refusal>>;
+/// A request waiting for its row's commit, and since when.
+struct Waiter {
+    answer: oneshot::Sender<Result<(), Refusal>>,
+    since: Instant,
+}
 
 /// Collect rows for up to GROUP_WINDOW (or GROUP_MAX rows), write them with
 /// one statement, answer every request after the commit. When the database
 /// refuses the group for something in it, each row is written alone, so only
 /// the bad one is refused.
-async fn group_commit<T, F, Fut>(pool: PgPool, mut rx: mpsc::Receiver<(T, Reply)>, write: F)
+async fn group_commit<T, F, Fut>(pool: PgPool, mut rx: mpsc::Receiver<(T, Waiter)>, write: F)
 where
     T: Clone + Send + 'static,
     F: Fn(PgPool, Vec<T>) -> Fut,
@@ -328,23 +339,29 @@ where
                 _ => break,
             }
         }
-        // A request answered 503 while its row waited here is not written:
-        // its gateway sends it again.
-        group.retain(|(_, reply)| !reply.is_closed());
+        // Rows that waited too long behind a slow write are not written:
+        // their requests get a 503 now, and their gateways send them again.
+        let (late, on_time): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .partition(|(_, w)| w.since.elapsed() > QUEUE_WAIT || w.answer.is_closed());
+        for (_, w) in late {
+            let _ = w.answer.send(Err(database_down()));
+        }
+        let group = on_time;
         if group.is_empty() {
             continue;
         }
         let rows: Vec<T> = group.iter().map(|(r, _)| r.clone()).collect();
         match write(pool.clone(), rows).await {
             Ok(()) => {
-                for (_, reply) in group {
-                    let _ = reply.send(Ok(()));
+                for (_, w) in group {
+                    let _ = w.answer.send(Ok(()));
                 }
             }
             Err(e) if group.len() > 1 && !not_now(&e) => {
-                for (row, reply) in group {
+                for (row, w) in group {
                     let r = write(pool.clone(), vec![row]).await.map_err(refusal);
-                    let _ = reply.send(r);
+                    let _ = w.answer.send(r);
                 }
             }
             Err(e) => {
@@ -353,8 +370,8 @@ where
                     sqlx::Error::Database(db) => db.message().to_string(),
                     _ => e.to_string(),
                 };
-                for (_, reply) in group {
-                    let _ = reply.send(Err(if transient {
+                for (_, w) in group {
+                    let _ = w.answer.send(Err(if transient {
                         database_down()
                     } else {
                         bad(msg.clone())
@@ -437,28 +454,20 @@ impl AppState {
     }
 }
 
-/// Hand a row to its group committer and wait for the commit's answer, at
-/// most WRITE_DEADLINE: then 503, and the row is not written unless its
-/// write had already begun (a gateway's id makes the retry a no-op then).
-async fn submit<T>(committer: &mpsc::Sender<(T, Reply)>, row: T) -> Result<(), Refusal> {
+/// Hand a row to its group committer and wait for the commit's answer
+/// (bounded: see QUEUE_WAIT).
+async fn submit<T>(committer: &mpsc::Sender<(T, Waiter)>, row: T) -> Result<(), Refusal> {
     let shutting_down = || Refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
-    let (tx, rx) = oneshot::channel();
-    let wait = async {
-        committer
-            .send((row, tx))
-            .await
-            .map_err(|_| shutting_down())?;
-        rx.await.map_err(|_| shutting_down())?
+    let (answer, rx) = oneshot::channel();
+    let waiter = Waiter {
+        answer,
+        since: Instant::now(),
     };
-    match tokio::time::timeout(WRITE_DEADLINE, wait).await {
-        Ok(answer) => answer,
-        Err(_) => {
-            tracing::warn!(
-                "the database did not take a write within {WRITE_DEADLINE:?}; answered 503"
-            );
-            Err(database_down())
-        }
-    }
+    committer
+        .send((row, waiter))
+        .await
+        .map_err(|_| shutting_down())?;
+    rx.await.map_err(|_| shutting_down())?
 }
 
 // ---------------------------------------------------------------------------

@@ -59,20 +59,8 @@ async fn healthz_says_unavailable_without_the_database_error() {
 async fn kannel_texts_are_decoded_in_the_set_kannel_names() {
     let db = TestDb::new().await;
     let base = receiver(&db).await;
-    db.backend(
-        "sms",
-        "kannel",
-        json!({"url": "http://127.0.0.1:9/", "inbound": {"secret": "s3"}}),
-        None,
-    )
-    .await;
-    db.backend(
-        "web",
-        "http",
-        json!({"url": "http://127.0.0.1:9/", "inbound": {"secret": "s3"}}),
-        None,
-    )
-    .await;
+    db.receiving_backend("sms", "kannel").await;
+    db.receiving_backend("web", "http").await;
     let get_url = |q: &str| format!("{base}/kannel/sms/receive?secret=s3&sender=%2B1&{q}");
     // (query, stored text)
     let good = [
@@ -170,19 +158,14 @@ async fn a_database_that_is_away_gets_a_503_to_retry() {
 }
 
 /// `dbrouter.inbox` locked by someone else: every request is answered 503
-/// (within the write deadline, by the statement's own lock timeout) and
-/// writes nothing; once the lock is gone requests are stored again. Before,
-/// the 8th of 8 concurrent requests waited ~80 s.
+/// (the first group's by its statement's lock timeout, the rest because
+/// they waited too long behind it) and writes nothing, even once the lock
+/// is gone; then requests are stored again. Before, the 8th of 8
+/// concurrent requests waited ~80 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_locked_inbox_gets_503s_not_hung_requests() {
     let db = TestDb::new().await;
-    db.backend(
-        "sms",
-        "kannel",
-        json!({"url": "http://127.0.0.1:9/", "inbound": {"secret": "s3"}}),
-        None,
-    )
-    .await;
+    db.receiving_backend("sms", "kannel").await;
     let pool = dbrouter::db::connect_lazy_receiver(&db.url, 4).unwrap();
     let base = receiver_on(pool).await;
     // The backends are read once before the lock (as a running serve has).

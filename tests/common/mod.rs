@@ -76,6 +76,18 @@ impl TestDb {
         id
     }
 
+    /// A backend that only receives (its gateway address leads nowhere),
+    /// through `dbrouter serve` with the secret "s3".
+    pub async fn receiving_backend(&self, name: &str, engine: &str) -> i32 {
+        self.backend(
+            name,
+            engine,
+            serde_json::json!({"url": "http://127.0.0.1:9/", "inbound": {"secret": "s3"}}),
+            None,
+        )
+        .await
+    }
+
     /// `dbrouter.broadcast(backend, identities, text)`; returns the message id.
     pub async fn broadcast(&self, backend: &str, identities: &[String], text: &str) -> i64 {
         let (id,): (i64,) = sqlx::query_as("SELECT dbrouter.broadcast($1, $2, $3)")
