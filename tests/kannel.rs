@@ -65,6 +65,8 @@ struct Kannel {
 enum Receive {
     GetUrl,
     PostUrl,
+    /// get-url with `mo-recode = false`: UCS-2 arrives as raw UTF-16BE.
+    GetUrlRaw,
 }
 
 impl Kannel {
@@ -77,6 +79,9 @@ impl Kannel {
         std::fs::create_dir_all(dir.join("store")).unwrap();
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/kannel");
         let mut conf = std::fs::read_to_string(docs.join("kannel.conf")).unwrap();
+        if let Receive::GetUrlRaw = receive {
+            replace_once(&mut conf, "mo-recode = true", "mo-recode = false");
+        }
         if let Receive::PostUrl = receive {
             let at = conf.find("group = sms-service").unwrap();
             conf.truncate(at);
@@ -547,6 +552,36 @@ async fn post_url_works_and_a_serve_restart_loses_nothing() {
     let mut want: Vec<String> = (0..n).map(|i| format!("restart {i}")).collect();
     want.sort();
     assert_eq!(texts, want, "each once, none lost");
+    s.finish().await;
+}
+
+/// Without `mo-recode`, Kannel hands a phone's UCS-2 on as raw UTF-16BE
+/// (`coding=2&charset=UTF-16BE`): stored and answered exactly all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raw_ucs2_from_kannel_without_mo_recode_arrives_exactly() {
+    let mut s = setup(Receive::GetUrlRaw).await;
+    s.smsc
+        .ucs2(
+            "+255700000004",
+            "echo Привет 😀
+ok",
+        )
+        .await;
+    let got = s.wait_for_mt(1).await;
+    assert_eq!(
+        got,
+        [(
+            "+255700000004".to_string(),
+            "Привет 😀
+ok"
+            .to_string()
+        )]
+    );
+    assert_eq!(
+        s.inbound_texts().await,
+        ["echo Привет 😀
+ok"]
+    );
     s.finish().await;
 }
 
