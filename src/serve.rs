@@ -484,22 +484,24 @@ struct KannelMessage {
     secret: Option<String>,
 }
 
-/// A form's fields as text: UTF-8, except `text_field`, which is decoded in
-/// the character set `charset`/`coding` name (see [`crate::charset`]), or in
-/// the set the form's own `charset` and `coding` fields name (Kannel's `%C`
-/// and `%c`). A field that is not valid in its set refuses the request.
-fn text_fields(
-    raw: &[u8],
-    text_field: &str,
-    charset: Option<&str>,
-    coding: Option<&str>,
-) -> Result<HashMap<String, String>, Refusal> {
-    let pairs = charset::form_pairs(raw);
+/// Which character set a form's `text` field is in.
+enum TextSet<'a> {
+    /// The one a Content-Type names (`None`: UTF-8).
+    Named(Option<&'a str>),
+    /// The one the form's own `charset` and `coding` fields name (Kannel's
+    /// get-url `%C` and `%c`).
+    FromFields,
+}
+
+/// A form's fields as text: UTF-8, except `text`, which is decoded in the
+/// set `set` says (see [`crate::charset`]). A field that is not valid in
+/// its set refuses the request.
+fn text_fields(raw: &[u8], set: TextSet) -> Result<HashMap<String, String>, Refusal> {
     let mut out = HashMap::new();
     let mut text = None;
-    for (k, v) in pairs {
+    for (k, v) in charset::form_pairs(raw) {
         let k = charset::decode(&k, encoding_rs::UTF_8, "a field name").map_err(bad)?;
-        if k == text_field {
+        if k == "text" {
             text = Some(v);
             continue;
         }
@@ -508,11 +510,16 @@ fn text_fields(
         out.insert(k, v);
     }
     if let Some(bytes) = text {
-        let charset = charset.or(out.get("charset").map(String::as_str));
-        let coding = coding.or(out.get("coding").map(String::as_str));
-        let enc = charset::named(charset, coding).map_err(bad)?;
-        let t = charset::decode(&bytes, enc, &format!("the {text_field}")).map_err(bad)?;
-        out.insert(text_field.to_string(), t);
+        let enc = match set {
+            TextSet::Named(charset) => charset::named(charset, None),
+            TextSet::FromFields => charset::named(
+                out.get("charset").map(String::as_str),
+                out.get("coding").map(String::as_str),
+            ),
+        }
+        .map_err(bad)?;
+        let t = charset::decode(&bytes, enc, "the text").map_err(bad)?;
+        out.insert("text".to_string(), t);
     }
     Ok(out)
 }
@@ -555,7 +562,7 @@ async fn kannel_receive_get(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Refusal> {
-    let mut q = text_fields(query.unwrap_or_default().as_bytes(), "text", None, None)?;
+    let mut q = text_fields(query.unwrap_or_default().as_bytes(), TextSet::FromFields)?;
     let m = KannelMessage {
         sender: q.remove("sender"),
         text: q.remove("text"),
@@ -576,7 +583,7 @@ async fn kannel_receive_post(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    let mut q = text_fields(query.unwrap_or_default().as_bytes(), "text", None, None)?;
+    let mut q = text_fields(query.unwrap_or_default().as_bytes(), TextSet::FromFields)?;
     let header = |name: &str| {
         headers
             .get(name)
@@ -783,9 +790,7 @@ fn fields_of(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String
             .unwrap_or_default();
         text_fields(
             body,
-            "text",
-            charset::content_type_charset(content_type),
-            None,
+            TextSet::Named(charset::content_type_charset(content_type)),
         )
     }
 }
