@@ -251,7 +251,7 @@ pub async fn backend_add(
     config: &serde_json::Value,
     batch_size: Option<i32>,
 ) -> Result<()> {
-    if let Err(problem) = crate::backends::build(name, engine, config, pool) {
+    if let Err(problem) = crate::gateways::build(name, engine, config, pool) {
         return Err(Error::Input(format!("backend {name:?}: {problem}")));
     }
     sqlx::query(
@@ -300,7 +300,7 @@ pub async fn backend_list(pool: &PgPool) -> Result<String> {
     for (name, engine, enabled, batch, config) in rows {
         let batch = batch.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
         // Passwords, keys and headers are masked: this table gets pasted.
-        let config = crate::backends::secrets::masked(&config);
+        let config = crate::gateways::secrets::masked(&config);
         let _ = writeln!(
             out,
             "{name:<20} {engine:<10} {enabled:<8} {batch:<6} {config}"
@@ -431,11 +431,11 @@ pub async fn status(pool: &PgPool, cfg: &WorkerConfig) -> Result<String> {
                 .await?;
         let secrets: std::collections::HashMap<String, Vec<String>> = configs
             .into_iter()
-            .map(|(name, config)| (name, crate::backends::secrets::of(&config)))
+            .map(|(name, config)| (name, crate::gateways::secrets::of(&config)))
             .collect();
         for (at, backend, identity, msg, attempt, fin, error) in errors {
             let fin = if fin { "final" } else { "will retry" };
-            let error = crate::backends::secrets::scrub(
+            let error = crate::gateways::secrets::scrub(
                 &error,
                 secrets.get(&backend).map_or(&[][..], Vec::as_slice),
                 "",

@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::backends::Outcome;
+use crate::gateways::Outcome;
 
 /// Lines per window, and the window.
 const LINES: u32 = 5;

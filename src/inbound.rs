@@ -30,10 +30,10 @@ use sqlx::{AssertSqlSafe, FromRow, PgConnection, Postgres};
 use tokio::time::Instant;
 
 use crate::apps::{IncomingMessage, OptChange, Pipeline, Verdict};
-use crate::backends::Outcome;
 use crate::config::WorkerConfig;
 use crate::db::is_transient;
 use crate::error::Result;
+use crate::gateways::Outcome;
 use crate::literal;
 use crate::outbound::{self, Claimed};
 use crate::registry::BackendEntry;

@@ -6,18 +6,18 @@
 //! - [`worker`] runs lanes that each loop over [`inbound`] (claim queued
 //!   inbound messages, run the [`apps`], write replies, mark R/E) and
 //!   [`outbound`] (claim due transmissions per backend, send them through a
-//!   [`backends`] engine, record S/E);
+//!   [`gateways`] engine, record S/E);
 //! - [`admin`] holds what the CLI and operators use besides the worker.
 
 pub mod admin;
 pub mod apps;
-pub mod backends;
 pub mod charset;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod failure_log;
 pub mod fanout;
+pub mod gateways;
 pub mod gsm;
 pub mod inbound;
 pub mod listen;

@@ -25,10 +25,10 @@ use sqlx::{PgConnection, PgPool};
 use tokio::time::Instant;
 
 use crate::apps::{OutgoingMessage, Pipeline};
-use crate::backends::{Outcome, Recipient, SendRequest};
 use crate::config::WorkerConfig;
 use crate::db::{is_transient, Conn};
 use crate::error::Result;
+use crate::gateways::{Outcome, Recipient, SendRequest};
 use crate::registry::BackendEntry;
 
 /// Send calls of one batch in flight at once.
@@ -308,7 +308,7 @@ fn group_by_message(claimed: &[Claimed]) -> Vec<Vec<Claimed>> {
 /// until the transmission at fault is found, and that one is ended E alone.
 ///
 /// `record_as` is the backend's name when its engine's sends are written by
-/// this statement ([`crate::backends::Backend::recorded_with_outcome`]).
+/// this statement ([`crate::gateways::Backend::recorded_with_outcome`]).
 pub async fn finish(
     pool: &PgPool,
     cfg: &WorkerConfig,

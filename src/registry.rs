@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::apps::Pipeline;
-use crate::backends::{self, Backend};
 use crate::config::{check_lease, WorkerConfig};
 use crate::error::Result;
+use crate::gateways::{self, Backend};
 
 /// One backend row, built.
 #[derive(Clone)]
@@ -130,7 +130,7 @@ pub async fn load(
 fn build_entry(row: Row, pool: &PgPool, cfg: &WorkerConfig) -> BackendEntry {
     let mut timeout = cfg.send_timeout;
     let engine_impl =
-        backends::build(&row.name, &row.engine, &row.config, pool).and_then(|built| {
+        gateways::build(&row.name, &row.engine, &row.config, pool).and_then(|built| {
             if let Some(t) = built.common.timeout {
                 timeout = t;
                 check_lease(

@@ -38,8 +38,8 @@ use sqlx::PgPool;
 use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backends::gateway::InboundAuth;
 use crate::charset;
+use crate::gateways::gateway::InboundAuth;
 pub use crate::listen::Limits;
 
 /// Largest request body accepted.
@@ -273,7 +273,7 @@ impl AppState {
 }
 
 /// Basic auth is configured with a user and a password, both non-empty.
-fn basic_set(basic: &Option<crate::backends::gateway::Basic>) -> bool {
+fn basic_set(basic: &Option<crate::gateways::gateway::Basic>) -> bool {
     basic
         .as_ref()
         .is_some_and(|b| !b.username.is_empty() && !b.password.is_empty())

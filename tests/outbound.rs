@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::{test_config, wait_until, TestDb};
 use dbrouter::apps::{App, AppError, Echo, OutgoingMessage};
-use dbrouter::backends::Outcome;
+use dbrouter::gateways::Outcome;
 use dbrouter::outbound;
 use serde_json::json;
 use tokio::time::Instant;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{test_config, TestDb};
-use dbrouter::backends::Outcome;
+use dbrouter::gateways::Outcome;
 use dbrouter::outbound;
 use proptest::prelude::*;
 use serde_json::json;
