@@ -2,18 +2,15 @@
 //! each gateway's own format become `dbrouter.inbox` rows; delivery reports
 //! become `dbrouter.receipts` rows, which workers apply in batches.
 //!
-//! Routes (`{backend}` is a backend's name; its engine must match):
-//! - `GET|POST /kannel/{backend}/receive` — Kannel `get-url`/`post-url`
-//!   (`sender`, `text`, optional `id`, `to`, `charset`, `coding`; the text
-//!   decoded strictly in the set Kannel names, see [`crate::charset`])
-//! - `GET /kannel/{backend}/dlr` — Kannel `dlr-url` (`t`, `type`)
-//! - `POST /vumi/{backend}/message` — a Vumi message (JSON)
-//! - `POST /vumi/{backend}/event` — a Vumi event (ack, nack, delivery_report)
-//! - `POST /http/{backend}/receive` — form or JSON `identity`, `text`, `external_id`
-//! - `POST /http/{backend}/report` — form or JSON `transmission_id` or
-//!   `gateway_id`, `status` (delivered, failed, buffered), `detail`
-//! - `GET /healthz` — 200 when the database answers, 503 otherwise
+//! This module routes, authenticates, limits (see [`crate::listen`]) and
+//! commits; each gateway's own routes and parsing live with its engine:
+//! - [`crate::gateways::kannel`]: `GET|POST /kannel/{backend}/receive`
+//!   (get-url, post-url), `GET /kannel/{backend}/dlr` (dlr-url);
+//! - [`crate::gateways::vumi`]: `POST /vumi/{backend}/message`, `/event`;
+//! - [`crate::gateways::http`]: `POST /http/{backend}/receive`, `/report`;
+//! - here: `GET /healthz` — 200 when the database answers, 503 otherwise.
 //!
+//! `{backend}` is a backend's name; its engine must match the route's.
 //! Every gateway route needs the backend's `config.inbound`: a `secret`
 //! (query `secret=` or header `X-Dbrouter-Secret`) or `basic` auth. A
 //! request is answered only after its row is committed; concurrent requests
@@ -26,10 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -39,6 +36,7 @@ use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::charset;
+use crate::gateways;
 use crate::gateways::gateway::InboundAuth;
 pub use crate::listen::Limits;
 
@@ -81,41 +79,41 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn bad(msg: impl Into<String>) -> Refusal {
+pub(crate) fn bad(msg: impl Into<String>) -> Refusal {
     Refusal(StatusCode::BAD_REQUEST, msg.into())
 }
 
 /// One inbox row.
 #[derive(Debug, Clone)]
-struct Inbound {
-    backend: String,
-    identity: String,
-    text: String,
-    external_id: Option<String>,
-    fields: Value,
+pub(crate) struct Inbound {
+    pub(crate) backend: String,
+    pub(crate) identity: String,
+    pub(crate) text: String,
+    pub(crate) external_id: Option<String>,
+    pub(crate) fields: Value,
 }
 
 /// One receipts row.
 #[derive(Debug, Clone)]
-struct Receipt {
-    backend_id: i32,
-    transmission_id: Option<i64>,
-    gateway_id: Option<String>,
-    outcome: &'static str,
-    detail: Option<String>,
+pub(crate) struct Receipt {
+    pub(crate) backend_id: i32,
+    pub(crate) transmission_id: Option<i64>,
+    pub(crate) gateway_id: Option<String>,
+    pub(crate) outcome: &'static str,
+    pub(crate) detail: Option<String>,
 }
 
 /// The backends by name, as last read.
 type Backends = Arc<HashMap<String, BackendInfo>>;
 
 #[derive(Clone)]
-struct BackendInfo {
-    id: i32,
-    engine: String,
-    auth: Option<InboundAuth>,
+pub(crate) struct BackendInfo {
+    pub(crate) id: i32,
+    pub(crate) engine: String,
+    pub(crate) auth: Option<InboundAuth>,
 }
 
-struct AppState {
+pub(crate) struct AppState {
     pool: PgPool,
     /// The last read of the backends; never held across a database call.
     backends: Mutex<Option<(Instant, Backends)>>,
@@ -137,15 +135,9 @@ pub fn router(pool: PgPool) -> Router {
     });
     Router::new()
         .route("/healthz", get(healthz))
-        .route(
-            "/kannel/{backend}/receive",
-            get(kannel_receive_get).post(kannel_receive_post),
-        )
-        .route("/kannel/{backend}/dlr", get(kannel_dlr))
-        .route("/vumi/{backend}/message", post(vumi_message))
-        .route("/vumi/{backend}/event", post(vumi_event))
-        .route("/http/{backend}/receive", post(http_receive))
-        .route("/http/{backend}/report", post(http_report))
+        .merge(gateways::kannel::routes())
+        .merge(gateways::vumi::routes())
+        .merge(gateways::http::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -220,7 +212,7 @@ impl AppState {
 
     /// The backend named in the path, if its engine is `engine` and the
     /// request carries its inbound credentials.
-    async fn authorize(
+    pub(crate) async fn authorize(
         &self,
         name: &str,
         engine: &str,
@@ -442,14 +434,14 @@ async fn write_receipts(pool: PgPool, rows: Vec<Receipt>) -> Result<(), sqlx::Er
 }
 
 impl AppState {
-    async fn enqueue(&self, row: Inbound) -> Result<(), Refusal> {
+    pub(crate) async fn enqueue(&self, row: Inbound) -> Result<(), Refusal> {
         if row.identity.trim().is_empty() {
             return Err(bad("the sender is missing or empty"));
         }
         submit(&self.inbound, row).await
     }
 
-    async fn record(&self, row: Receipt) -> Result<(), Refusal> {
+    pub(crate) async fn record(&self, row: Receipt) -> Result<(), Refusal> {
         submit(&self.receipts, row).await
     }
 }
@@ -471,21 +463,12 @@ async fn submit<T>(committer: &mpsc::Sender<(T, Waiter)>, row: T) -> Result<(), 
 }
 
 // ---------------------------------------------------------------------------
-// Kannel.
+// What the gateways' receive handlers share (each gateway's own routes are
+// in its module under src/gateways/).
 // ---------------------------------------------------------------------------
 
-/// An inbound message as Kannel sends it, its text already decoded.
-#[derive(Debug)]
-struct KannelMessage {
-    sender: Option<String>,
-    text: Option<String>,
-    id: Option<String>,
-    to: Option<String>,
-    secret: Option<String>,
-}
-
 /// Which character set a form's `text` field is in.
-enum TextSet<'a> {
+pub(crate) enum TextSet<'a> {
     /// The one a Content-Type names (`None`: UTF-8).
     Named(Option<&'a str>),
     /// The one the form's own `charset` and `coding` fields name (Kannel's
@@ -496,7 +479,7 @@ enum TextSet<'a> {
 /// A form's fields as text: UTF-8, except `text`, which is decoded in the
 /// set `set` says (see [`crate::charset`]). A field that is not valid in
 /// its set refuses the request.
-fn text_fields(raw: &[u8], set: TextSet) -> Result<HashMap<String, String>, Refusal> {
+pub(crate) fn text_fields(raw: &[u8], set: TextSet) -> Result<HashMap<String, String>, Refusal> {
     let mut out = HashMap::new();
     let mut text = None;
     for (k, v) in charset::form_pairs(raw) {
@@ -524,145 +507,12 @@ fn text_fields(raw: &[u8], set: TextSet) -> Result<HashMap<String, String>, Refu
     Ok(out)
 }
 
-async fn kannel_receive(
-    st: &AppState,
-    backend: &str,
-    headers: &HeaderMap,
-    m: KannelMessage,
-) -> Result<Response, Refusal> {
-    st.authorize(backend, "kannel", headers, m.secret.as_deref())
-        .await?;
-    let sender = m.sender.ok_or_else(|| {
-        bad("sender is missing (get-url: sender=%p; post-url: send-sender = true)")
-    })?;
-    let text = m
-        .text
-        .ok_or_else(|| bad("text is missing (get-url: text=%b)"))?;
-    let mut fields = serde_json::Map::new();
-    if let Some(to) = m.to {
-        fields.insert("to".into(), Value::String(to));
-    }
-    st.enqueue(Inbound {
-        backend: backend.to_string(),
-        identity: sender,
-        text,
-        external_id: m.id.filter(|s| !s.is_empty()),
-        fields: Value::Object(fields),
-    })
-    .await?;
-    // An empty body: Kannel would text a body back to the sender.
-    Ok(StatusCode::OK.into_response())
-}
-
-/// get-url: every field in the query; the text in the set `%C` names
-/// (`charset=`), or by `%c` (`coding=`: 2 is UCS-2), else UTF-8.
-async fn kannel_receive_get(
-    State(st): State<Arc<AppState>>,
-    Path(backend): Path<String>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Result<Response, Refusal> {
-    let mut q = text_fields(query.unwrap_or_default().as_bytes(), TextSet::FromFields)?;
-    let m = KannelMessage {
-        sender: q.remove("sender"),
-        text: q.remove("text"),
-        id: q.remove("id"),
-        to: q.remove("to"),
-        secret: q.remove("secret"),
-    };
-    kannel_receive(&st, &backend, &headers, m).await
-}
-
-/// post-url: the text is the body, in the set its Content-Type names (or
-/// by `X-Kannel-Coding`); the sender in `X-Kannel-From` (send-sender =
-/// true), or any field in the query as with get-url.
-async fn kannel_receive_post(
-    State(st): State<Arc<AppState>>,
-    Path(backend): Path<String>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    let mut q = text_fields(query.unwrap_or_default().as_bytes(), TextSet::FromFields)?;
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let content_type = header("content-type").unwrap_or_default();
-    let charset = charset::content_type_charset(&content_type)
-        .map(str::to_string)
-        .or_else(|| q.get("charset").cloned());
-    let coding = header("x-kannel-coding").or_else(|| q.get("coding").cloned());
-    let enc = charset::named(charset.as_deref(), coding.as_deref()).map_err(bad)?;
-    let text = charset::decode(&body, enc, "the body").map_err(bad)?;
-    let m = KannelMessage {
-        sender: q.remove("sender").or_else(|| header("x-kannel-from")),
-        text: Some(text),
-        id: q.remove("id"),
-        to: q.remove("to").or_else(|| header("x-kannel-to")),
-        secret: q.remove("secret"),
-    };
-    kannel_receive(&st, &backend, &headers, m).await
-}
-
 #[derive(Debug, Deserialize)]
-struct KannelDlr {
-    t: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    answer: Option<String>,
-    secret: Option<String>,
+pub(crate) struct Secret {
+    pub(crate) secret: Option<String>,
 }
 
-async fn kannel_dlr(
-    State(st): State<Arc<AppState>>,
-    Path(backend): Path<String>,
-    headers: HeaderMap,
-    Query(d): Query<KannelDlr>,
-) -> Result<Response, Refusal> {
-    let b = st
-        .authorize(&backend, "kannel", &headers, d.secret.as_deref())
-        .await?;
-    let tid: i64 =
-        d.t.as_deref()
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| bad("t (the transmission id) is missing or not a number"))?;
-    let kind: u32 = d
-        .kind
-        .as_deref()
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| bad("type (Kannel's %d) is missing or not a number"))?;
-    // Kannel's report types: 1 delivered, 2 failed, 4 buffered, 8 accepted
-    // by the SMSC, 16 rejected by the SMSC.
-    let outcome = match kind {
-        1 => "D",
-        2 | 16 => "E",
-        4 | 8 => "B",
-        other => return Err(bad(format!("unknown Kannel report type {other}"))),
-    };
-    st.record(Receipt {
-        backend_id: b.id,
-        transmission_id: Some(tid),
-        gateway_id: None,
-        outcome,
-        detail: d.answer.filter(|a| !a.is_empty()),
-    })
-    .await?;
-    Ok(StatusCode::OK.into_response())
-}
-
-// ---------------------------------------------------------------------------
-// Vumi.
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, Deserialize)]
-struct Secret {
-    secret: Option<String>,
-}
-
-fn json_body(body: &Bytes) -> Result<Value, Refusal> {
+pub(crate) fn json_body(body: &Bytes) -> Result<Value, Refusal> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
     if !v.is_object() {
@@ -671,7 +521,7 @@ fn json_body(body: &Bytes) -> Result<Value, Refusal> {
     Ok(v)
 }
 
-fn text_field(v: &Value, name: &str) -> Option<String> {
+pub(crate) fn text_field(v: &Value, name: &str) -> Option<String> {
     match v.get(name)? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -679,95 +529,11 @@ fn text_field(v: &Value, name: &str) -> Option<String> {
     }
 }
 
-async fn vumi_message(
-    State(st): State<Arc<AppState>>,
-    Path(backend): Path<String>,
-    headers: HeaderMap,
-    Query(s): Query<Secret>,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    st.authorize(&backend, "vumi", &headers, s.secret.as_deref())
-        .await?;
-    let v = json_body(&body)?;
-    let from = text_field(&v, "from_addr").ok_or_else(|| bad("from_addr is missing"))?;
-    let content = match v.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        _ => return Err(bad("content must be a string")),
-    };
-    let mut fields = serde_json::Map::new();
-    for k in [
-        "to_addr",
-        "transport_name",
-        "transport_type",
-        "session_event",
-    ] {
-        if let Some(x) = v.get(k).filter(|x| !x.is_null()) {
-            fields.insert(k.into(), x.clone());
-        }
-    }
-    st.enqueue(Inbound {
-        backend,
-        identity: from,
-        text: content,
-        external_id: text_field(&v, "message_id"),
-        fields: Value::Object(fields),
-    })
-    .await?;
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        "{}",
-    )
-        .into_response())
-}
-
-async fn vumi_event(
-    State(st): State<Arc<AppState>>,
-    Path(backend): Path<String>,
-    headers: HeaderMap,
-    Query(s): Query<Secret>,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    let b = st
-        .authorize(&backend, "vumi", &headers, s.secret.as_deref())
-        .await?;
-    let v = json_body(&body)?;
-    let id = text_field(&v, "user_message_id").ok_or_else(|| bad("user_message_id is missing"))?;
-    let kind = text_field(&v, "event_type").unwrap_or_default();
-    let (outcome, detail) = match kind.as_str() {
-        "ack" => ("B", None),
-        "nack" => ("E", text_field(&v, "nack_reason")),
-        "delivery_report" => match text_field(&v, "delivery_status").as_deref() {
-            Some("delivered") => ("D", None),
-            Some("failed") => ("E", Some("delivery_report: failed".to_string())),
-            Some("pending") => ("B", None),
-            other => return Err(bad(format!("unknown delivery_status {other:?}"))),
-        },
-        other => return Err(bad(format!("unknown event_type {other:?}"))),
-    };
-    st.record(Receipt {
-        backend_id: b.id,
-        transmission_id: None,
-        gateway_id: Some(id),
-        outcome,
-        detail,
-    })
-    .await?;
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        "{}",
-    )
-        .into_response())
-}
-
-// ---------------------------------------------------------------------------
-// The generic engine's endpoints: form or JSON.
-// ---------------------------------------------------------------------------
-
 /// A form or JSON body as string fields.
-fn fields_of(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, Refusal> {
+pub(crate) fn fields_of(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<HashMap<String, String>, Refusal> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -793,76 +559,4 @@ fn fields_of(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String
             TextSet::Named(charset::content_type_charset(content_type)),
         )
     }
-}
-
-async fn http_receive(
-    State(st): State<Arc<AppState>>,
-    Path(backend): Path<String>,
-    headers: HeaderMap,
-    Query(s): Query<Secret>,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    st.authorize(&backend, "http", &headers, s.secret.as_deref())
-        .await?;
-    let f = fields_of(&headers, &body)?;
-    let identity = f
-        .get("identity")
-        .cloned()
-        .ok_or_else(|| bad("identity is missing"))?;
-    let text = f
-        .get("text")
-        .cloned()
-        .ok_or_else(|| bad("text is missing"))?;
-    st.enqueue(Inbound {
-        backend,
-        identity,
-        text,
-        external_id: f.get("external_id").cloned().filter(|s| !s.is_empty()),
-        fields: Value::Object(serde_json::Map::new()),
-    })
-    .await?;
-    Ok(StatusCode::OK.into_response())
-}
-
-async fn http_report(
-    State(st): State<Arc<AppState>>,
-    Path(backend): Path<String>,
-    headers: HeaderMap,
-    Query(s): Query<Secret>,
-    body: Bytes,
-) -> Result<Response, Refusal> {
-    let b = st
-        .authorize(&backend, "http", &headers, s.secret.as_deref())
-        .await?;
-    let f = fields_of(&headers, &body)?;
-    let transmission_id = match f.get("transmission_id") {
-        Some(t) => Some(
-            t.parse::<i64>()
-                .map_err(|_| bad("transmission_id is not a number"))?,
-        ),
-        None => None,
-    };
-    let gateway_id = f.get("gateway_id").cloned();
-    if transmission_id.is_none() && gateway_id.is_none() {
-        return Err(bad("give transmission_id or gateway_id"));
-    }
-    let outcome = match f.get("status").map(String::as_str) {
-        Some("delivered") => "D",
-        Some("failed") => "E",
-        Some("buffered") | Some("pending") | Some("accepted") => "B",
-        other => {
-            return Err(bad(format!(
-                "status must be delivered, failed or buffered, not {other:?}"
-            )))
-        }
-    };
-    st.record(Receipt {
-        backend_id: b.id,
-        transmission_id,
-        gateway_id,
-        outcome,
-        detail: f.get("detail").cloned(),
-    })
-    .await?;
-    Ok(StatusCode::OK.into_response())
 }

@@ -1,11 +1,22 @@
+//! The generic HTTP engine for the many SMS APIs, and its receive and
+//! report endpoints on `dbrouter serve` (form or JSON).
+
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::gateway::{self, Basic, InboundAuth};
 use super::{Backend, Outcome, SendError, SendRequest};
+use crate::serve::{bad, fields_of, AppState, Inbound, Receipt, Refusal, Secret};
 
 /// A generic engine for the many HTTP SMS APIs.
 ///
@@ -329,6 +340,89 @@ impl Backend for Http {
             .map(|o| o.unwrap_or_else(|| Outcome::permanent("not sent")))
             .collect())
     }
+}
+
+// ---------------------------------------------------------------------------
+// Receiving: the routes `dbrouter serve` gives this gateway.
+// ---------------------------------------------------------------------------
+
+/// The generic engine's endpoints: form or JSON.
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/http/{backend}/receive", post(receive))
+        .route("/http/{backend}/report", post(report))
+}
+
+async fn receive(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    Query(s): Query<Secret>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    st.authorize(&backend, "http", &headers, s.secret.as_deref())
+        .await?;
+    let f = fields_of(&headers, &body)?;
+    let identity = f
+        .get("identity")
+        .cloned()
+        .ok_or_else(|| bad("identity is missing"))?;
+    let text = f
+        .get("text")
+        .cloned()
+        .ok_or_else(|| bad("text is missing"))?;
+    st.enqueue(Inbound {
+        backend,
+        identity,
+        text,
+        external_id: f.get("external_id").cloned().filter(|s| !s.is_empty()),
+        fields: Value::Object(serde_json::Map::new()),
+    })
+    .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn report(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    Query(s): Query<Secret>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let b = st
+        .authorize(&backend, "http", &headers, s.secret.as_deref())
+        .await?;
+    let f = fields_of(&headers, &body)?;
+    let transmission_id = match f.get("transmission_id") {
+        Some(t) => Some(
+            t.parse::<i64>()
+                .map_err(|_| bad("transmission_id is not a number"))?,
+        ),
+        None => None,
+    };
+    let gateway_id = f.get("gateway_id").cloned();
+    if transmission_id.is_none() && gateway_id.is_none() {
+        return Err(bad("give transmission_id or gateway_id"));
+    }
+    let outcome = match f.get("status").map(String::as_str) {
+        Some("delivered") => "D",
+        Some("failed") => "E",
+        Some("buffered") | Some("pending") | Some("accepted") => "B",
+        other => {
+            return Err(bad(format!(
+                "status must be delivered, failed or buffered, not {other:?}"
+            )))
+        }
+    };
+    st.record(Receipt {
+        backend_id: b.id,
+        transmission_id,
+        gateway_id,
+        outcome,
+        detail: f.get("detail").cloned(),
+    })
+    .await?;
+    Ok(StatusCode::OK.into_response())
 }
 
 #[cfg(test)]

@@ -1,12 +1,25 @@
+//! Kannel: sending through its `sendsms` interface, and what `dbrouter
+//! serve` receives from it (messages by get-url or post-url, delivery
+//! reports by dlr-url).
+
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::gateway::{self, InboundAuth};
 use super::{Backend, Outcome, SendError, SendRequest};
+use crate::charset;
 use crate::gsm;
+use crate::serve::{bad, text_fields, AppState, Inbound, Receipt, Refusal, TextSet};
 
 /// Kannel's `sendsms` HTTP interface (a GET per call).
 ///
@@ -167,4 +180,157 @@ impl Backend for Kannel {
         }
         Ok(out.into_iter().map(|o| o.unwrap_or_else(sent)).collect())
     }
+}
+
+// ---------------------------------------------------------------------------
+// Receiving: the routes `dbrouter serve` gives this gateway.
+// ---------------------------------------------------------------------------
+
+/// Kannel's get-url/post-url and its dlr-url.
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/kannel/{backend}/receive",
+            get(receive_get).post(receive_post),
+        )
+        .route("/kannel/{backend}/dlr", get(dlr))
+}
+
+/// An inbound message as Kannel sends it, its text already decoded.
+#[derive(Debug)]
+struct KannelMessage {
+    sender: Option<String>,
+    text: Option<String>,
+    id: Option<String>,
+    to: Option<String>,
+    secret: Option<String>,
+}
+
+async fn kannel_receive(
+    st: &AppState,
+    backend: &str,
+    headers: &HeaderMap,
+    m: KannelMessage,
+) -> Result<Response, Refusal> {
+    st.authorize(backend, "kannel", headers, m.secret.as_deref())
+        .await?;
+    let sender = m.sender.ok_or_else(|| {
+        bad("sender is missing (get-url: sender=%p; post-url: send-sender = true)")
+    })?;
+    let text = m
+        .text
+        .ok_or_else(|| bad("text is missing (get-url: text=%b)"))?;
+    let mut fields = serde_json::Map::new();
+    if let Some(to) = m.to {
+        fields.insert("to".into(), Value::String(to));
+    }
+    st.enqueue(Inbound {
+        backend: backend.to_string(),
+        identity: sender,
+        text,
+        external_id: m.id.filter(|s| !s.is_empty()),
+        fields: Value::Object(fields),
+    })
+    .await?;
+    // An empty body: Kannel would text a body back to the sender.
+    Ok(StatusCode::OK.into_response())
+}
+
+/// get-url: every field in the query; the text in the set `%C` names
+/// (`charset=`), or by `%c` (`coding=`: 2 is UCS-2), else UTF-8.
+async fn receive_get(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Refusal> {
+    let mut q = text_fields(query.unwrap_or_default().as_bytes(), TextSet::FromFields)?;
+    let m = KannelMessage {
+        sender: q.remove("sender"),
+        text: q.remove("text"),
+        id: q.remove("id"),
+        to: q.remove("to"),
+        secret: q.remove("secret"),
+    };
+    kannel_receive(&st, &backend, &headers, m).await
+}
+
+/// post-url: the text is the body, in the set its Content-Type names (or
+/// by `X-Kannel-Coding`); the sender in `X-Kannel-From` (send-sender =
+/// true), or any field in the query as with get-url.
+async fn receive_post(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let mut q = text_fields(query.unwrap_or_default().as_bytes(), TextSet::FromFields)?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let content_type = header("content-type").unwrap_or_default();
+    let charset = charset::content_type_charset(&content_type)
+        .map(str::to_string)
+        .or_else(|| q.get("charset").cloned());
+    let coding = header("x-kannel-coding").or_else(|| q.get("coding").cloned());
+    let enc = charset::named(charset.as_deref(), coding.as_deref()).map_err(bad)?;
+    let text = charset::decode(&body, enc, "the body").map_err(bad)?;
+    let m = KannelMessage {
+        sender: q.remove("sender").or_else(|| header("x-kannel-from")),
+        text: Some(text),
+        id: q.remove("id"),
+        to: q.remove("to").or_else(|| header("x-kannel-to")),
+        secret: q.remove("secret"),
+    };
+    kannel_receive(&st, &backend, &headers, m).await
+}
+
+#[derive(Debug, Deserialize)]
+struct KannelDlr {
+    t: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    answer: Option<String>,
+    secret: Option<String>,
+}
+
+async fn dlr(
+    State(st): State<Arc<AppState>>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    Query(d): Query<KannelDlr>,
+) -> Result<Response, Refusal> {
+    let b = st
+        .authorize(&backend, "kannel", &headers, d.secret.as_deref())
+        .await?;
+    let tid: i64 =
+        d.t.as_deref()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| bad("t (the transmission id) is missing or not a number"))?;
+    let kind: u32 = d
+        .kind
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| bad("type (Kannel's %d) is missing or not a number"))?;
+    // Kannel's report types: 1 delivered, 2 failed, 4 buffered, 8 accepted
+    // by the SMSC, 16 rejected by the SMSC.
+    let outcome = match kind {
+        1 => "D",
+        2 | 16 => "E",
+        4 | 8 => "B",
+        other => return Err(bad(format!("unknown Kannel report type {other}"))),
+    };
+    st.record(Receipt {
+        backend_id: b.id,
+        transmission_id: Some(tid),
+        gateway_id: None,
+        outcome,
+        detail: d.answer.filter(|a| !a.is_empty()),
+    })
+    .await?;
+    Ok(StatusCode::OK.into_response())
 }

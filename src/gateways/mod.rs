@@ -1,4 +1,6 @@
-//! Backends: where messages go.
+//! Gateways: where messages go and where they come from. One module per
+//! gateway holds its engine (send) and, for those that talk back, the
+//! routes `dbrouter serve` gives it (receive, delivery reports).
 //!
 //! A backend engine implements [`Backend::send`]: one text to some identities
 //! of one message, returning an [`Outcome`] per identity, in order. Backends
@@ -8,10 +10,10 @@
 mod console;
 mod database;
 pub mod gateway;
-mod http;
-mod kannel;
+pub mod http;
+pub mod kannel;
 pub mod secrets;
-mod vumi;
+pub mod vumi;
 
 use std::sync::Arc;
 use std::time::Duration;
