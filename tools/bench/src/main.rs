@@ -49,7 +49,7 @@ struct Args {
     /// Worker process counts of the round-trip runs.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     workers: Vec<usize>,
-    /// The sqlxmq peer binary (bench/sqlxmq-peer); no peer row without it.
+    /// The sqlxmq peer binary (tools/sqlxmq-peer); no peer row without it.
     #[arg(long)]
     sqlxmq_peer: Option<String>,
     /// sqlxmq's migrations directory (its schema, applied by the peer).
