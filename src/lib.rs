@@ -20,6 +20,7 @@ pub mod fanout;
 pub mod gateways;
 pub mod gsm;
 pub mod inbound;
+pub mod invariants;
 pub mod listen;
 pub mod literal;
 pub mod outbound;

@@ -43,7 +43,7 @@ async fn a_large_broadcast_is_accepted_in_parts_and_expanded_by_the_workers() {
         .await,
         "3 2500"
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
 
     let worker = db.worker(test_config()).await;
     assert_eq!(
@@ -66,7 +66,7 @@ async fn a_large_broadcast_is_accepted_in_parts_and_expanded_by_the_workers() {
         2500
     );
     assert_eq!(db.message_states().await, "OS1");
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -105,7 +105,7 @@ async fn an_expansion_rolled_back_leaves_its_part_and_concurrent_ones_take_other
 
     assert_eq!(parts(&db).await, "1000", "the rolled-back part waits");
     assert_eq!(transmissions(&db).await, 1500);
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
 
     let worker = db.worker(test_config()).await;
     worker.drain().await.unwrap();
@@ -119,7 +119,7 @@ async fn an_expansion_rolled_back_leaves_its_part_and_concurrent_ones_take_other
         "one transmission per identity"
     );
     assert_eq!(db.message_states().await, "OS1");
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -156,7 +156,7 @@ async fn an_opt_out_recorded_after_the_call_applies_when_the_part_is_expanded() 
         "1 1499 E",
         "a broadcast that skipped anyone rolls up to E"
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -186,7 +186,7 @@ async fn cancelling_ends_the_parts_not_yet_expanded_too() {
     let worker = db.worker(test_config()).await;
     assert_eq!(worker.drain().await.unwrap(), 0, "nothing left to send");
     assert_eq!(db.message_states().await, "OE1");
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 

@@ -189,7 +189,7 @@ async fn database_engine_replies_commit_with_the_inbound_batch() {
         3,
         "each reply recorded once, in a call of its own"
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -290,7 +290,7 @@ async fn a_refused_write_sent_with_its_commit_is_isolated_the_same_way() {
         "the split halves are written one by one"
     );
     assert_only_it_failed(&db, "too long", "message_text_length").await;
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -388,7 +388,7 @@ async fn replies_written_with_their_commit_arrive_exactly_as_given() {
         .await,
         21
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     strict.close().await;
     db.drop().await;
 }

@@ -494,7 +494,7 @@ async fn messages_go_through_a_real_kannel_both_ways_exactly() {
         .filter(|i| !reached.contains(*i))
         .collect();
     assert!(missing.is_empty(), "never reached the SMSC: {missing:?}");
-    s.db.assert_counters_consistent().await;
+    s.db.assert_invariants().await;
     s.finish().await;
 }
 

@@ -196,7 +196,7 @@ async fn message_status_rolls_up_from_real_transitions() {
         "gw-1",
         "the gateway's id is stored"
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -220,7 +220,7 @@ async fn failed_identities_give_partial_success_and_retries_never_resend_sent_on
         db.scalar_i64(&format!("SELECT count(*) FROM dbrouter.transmissions WHERE message_id = {msg} AND status = 'E' AND due_at IS NOT NULL")).await,
         2
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     // Retries (backoff 0 in tests) until they succeed on attempt 3.
     worker.drain().await.unwrap();
     assert_eq!(status_of(&db, msg).await, "S");
@@ -241,7 +241,7 @@ async fn failed_identities_give_partial_success_and_retries_never_resend_sent_on
         .await,
         4
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -310,7 +310,7 @@ async fn retries_written_sent_in_one_statement_keep_the_counters_right() {
         0
     );
     assert_eq!(worker.drain().await.unwrap(), 0, "nothing left to send");
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -350,7 +350,7 @@ async fn retries_stop_after_max_attempts_and_requeue_starts_again() {
     let worker = db.worker(cfg).await;
     worker.drain().await.unwrap();
     assert_eq!(status_of(&db, msg).await, "S");
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -470,7 +470,7 @@ async fn a_finish_after_the_lease_expired_changes_nothing() {
         "recorded once, by the batch that owned the rows"
     );
     assert_eq!(status_of(&db, msg).await, "S");
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -513,7 +513,7 @@ async fn many_batches_of_one_broadcast_finishing_concurrently_end_sent() {
         .await,
         1
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -664,6 +664,6 @@ async fn an_engine_called_once_per_message_sends_every_message() {
     db.worker(test_config()).await.drain().await.unwrap();
     assert_eq!(status_of(&db, a).await, "S");
     assert_eq!(status_of(&db, b).await, "S");
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }

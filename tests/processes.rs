@@ -162,7 +162,7 @@ async fn a_worker_killed_mid_send_loses_nothing() {
             .await,
         2
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 

@@ -256,7 +256,7 @@ fn status_rollup_matches_the_model() {
     proptest!(config, |(n in 1usize..6, ops in prop::collection::vec(op(), 1..25))| {
         rt.block_on(run_rollup_case(&db, n, ops))?;
     });
-    rt.block_on(db.assert_counters_consistent());
+    rt.block_on(db.assert_invariants());
     rt.block_on(db.drop());
 }
 

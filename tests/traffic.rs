@@ -113,7 +113,7 @@ async fn rate_limit_holds_across_three_worker_processes_and_spares_other_backend
         limited_sent_when_fast_done < (n / 2) as i64,
         "the fast backend finished only after {limited_sent_when_fast_done} limited sends"
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     db.drop().await;
 }
 
@@ -325,7 +325,7 @@ async fn cancel_mid_broadcast_ends_unsent_and_keeps_sent() {
         .await,
         "Etrue"
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
     let err = sqlx::query("SELECT dbrouter.cancel_message(999999)")
         .execute(&db.pool)
         .await
@@ -373,7 +373,7 @@ async fn past_their_deadline_messages_end_expired_instead_of_going_out() {
             .await,
         1
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
 
     // The backend's default deadline for replies, also for replies the
     // worker writes itself.
@@ -568,7 +568,7 @@ async fn stop_opts_out_and_start_opts_back_in() {
         .await,
         "E"
     );
-    db.assert_counters_consistent().await;
+    db.assert_invariants().await;
 
     db.exec("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('sim', '+255700000001', 'START')")
         .await;

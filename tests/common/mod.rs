@@ -170,26 +170,15 @@ impl TestDb {
 
     /// Message counters must always equal a recount of the transmissions
     /// (and, for n_total, of the identities of parts not yet expanded).
-    pub async fn assert_counters_consistent(&self) {
-        let bad = self
-            .scalar_i64(
-                "SELECT count(*) FROM dbrouter.messages m
-                   JOIN LATERAL (SELECT count(*) + (SELECT coalesce(sum(cardinality(f.identities)), 0)
-                                                      FROM dbrouter.fanouts f
-                                                     WHERE f.message_id = m.id) AS total,
-                                        count(*) FILTER (WHERE status = 'E') AS err,
-                                        count(*) FILTER (WHERE status IN ('S','D')) AS done,
-                                        count(*) FILTER (WHERE status = 'D') AS delivered
-                                   FROM dbrouter.transmissions t WHERE t.message_id = m.id) c ON true
-                  WHERE m.direction = 'O'
-                    AND (m.n_total, m.n_error, m.n_done, m.n_delivered) IS DISTINCT FROM
-                        (c.total::int, c.err::int, c.done::int, c.delivered::int)",
-            )
-            .await;
-        assert_eq!(
-            bad, 0,
-            "messages whose counters disagree with their transmissions"
-        );
+    /// Every invariant of `sql/invariants.sql` holds.
+    pub async fn assert_invariants(&self) {
+        for check in dbrouter::invariants::checks() {
+            let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(check.sql))
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", check.name));
+            assert!(ids.is_empty(), "{}: {} {ids:?}", check.name, check.ids_of);
+        }
     }
 
     pub async fn drop(self) {
