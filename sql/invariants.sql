@@ -28,11 +28,5 @@ SELECT id FROM dbrouter.messages
  WHERE direction = 'O' AND status <> dbrouter.rollup(n_total, n_error, n_done, n_delivered)
    AND NOT (status = 'Q' AND n_error = 0 AND n_done = 0)
 
--- check: more failures recorded than attempts (transmissions)
--- (a requeued failure, after a 429 or a 401, used no attempt)
-SELECT t.id FROM dbrouter.transmissions t
- WHERE (SELECT count(*) FROM dbrouter.attempts a
-         WHERE a.transmission_id = t.id AND NOT a.requeued) > t.attempts
-
 -- check: delivered transmissions never sent (transmissions)
 SELECT id FROM dbrouter.transmissions WHERE status = 'D' AND sent_at IS NULL

@@ -822,6 +822,17 @@ async fn check(
         )
         .await?,
     );
+    // Not in sql/invariants.sql: an operator's requeue starts attempts
+    // from zero again and keeps the history; the drill never requeues.
+    r.none(
+        pool,
+        "more failures recorded than attempts",
+        "transmissions",
+        "SELECT t.id FROM dbrouter.transmissions t
+          WHERE (SELECT count(*) FROM dbrouter.attempts a
+                  WHERE a.transmission_id = t.id AND NOT a.requeued) > t.attempts",
+    )
+    .await?;
     // What holds of the tables whatever happened (sql/invariants.sql; the
     // tests check the same after their own work).
     for c in dbrouter::invariants::checks() {
