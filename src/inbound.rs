@@ -18,15 +18,12 @@
 //! phase) is not even a step: the reply is inserted S with its record.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::LazyLock;
 
 use futures::future::join_all;
 use futures::FutureExt;
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, FromRow, PgConnection, Postgres};
+use sqlx::{PgConnection, Postgres};
 use tokio::time::Instant;
 
 use crate::apps::{IncomingMessage, OptChange, Pipeline, Verdict};
@@ -34,7 +31,6 @@ use crate::config::WorkerConfig;
 use crate::db::is_transient;
 use crate::error::Result;
 use crate::gateways::Outcome;
-use crate::literal;
 use crate::outbound::{self, Claimed};
 use crate::registry::BackendEntry;
 
@@ -81,8 +77,6 @@ pub struct Batch {
     /// (backends whose sends are database writes), per backend id: their
     /// outcomes, for the caller to act on throttling.
     pub sent: Vec<(i32, Vec<(i64, Outcome)>)>,
-    /// Whether the write went with the COMMIT, in one round trip.
-    pub write_with_commit: bool,
 }
 
 /// Process one batch on `conn`. Replies to backends in `send_now` are sent
@@ -96,20 +90,13 @@ pub async fn run_batch(
     pipeline: &Pipeline,
     send_now: &HashMap<i32, &BackendEntry>,
 ) -> Result<(Batch, Option<BatchConn>)> {
-    let (
-        mut tx,
-        Claim {
-            rows,
-            session_statements,
-        },
-    ) = begin_and_claim(conn, i64::from(cfg.batch_size)).await?;
+    let (mut tx, rows) = begin_and_claim(conn, i64::from(cfg.batch_size)).await?;
     if rows.is_empty() {
         tx.end("ROLLBACK").await?;
         let batch = Batch {
             claimed: 0,
             hand_off: None,
             sent: Vec::new(),
-            write_with_commit: false,
         };
         return Ok((batch, tx.into_conn()));
     }
@@ -132,19 +119,14 @@ pub async fn run_batch(
     let Written {
         handed: replies,
         sent,
-        committed,
-    } = match write(tx.conn(), &processed, &lease, session_statements).await {
+    } = match write(tx.conn(), &processed, &lease).await {
         Ok(w) => w,
         Err(e) => {
             tx.abandon().await;
             return Err(e);
         }
     };
-    if committed {
-        tx.open = false;
-    } else {
-        tx.end("COMMIT").await?;
-    }
+    tx.end("COMMIT").await?;
     tracing::debug!(n, "processed inbound batch");
     let mut by_backend: HashMap<i32, Vec<Claimed>> = HashMap::new();
     for (backend_id, c) in replies {
@@ -159,74 +141,27 @@ pub async fn run_batch(
         claimed: n,
         hand_off,
         sent,
-        write_with_commit: committed,
     };
     Ok((batch, tx.into_conn()))
 }
 
-/// Prepare the claim and the write as session statements
-/// ([`CLAIM_STATEMENT`], [`WRITE_STATEMENT`]) on a fresh connection, and run
-/// them once with nothing to claim or write, inside `tx` (which the caller
-/// rolls back; the `PREPARE`s stay, they are not transactional), the write
-/// also as a protocol-level statement (its form when some reply text cannot
-/// be written as a literal, or without session statements): PostgreSQL then
-/// holds their generic plans before the first real batch. Cold, the first
-/// batch on each connection took ~5 ms more (planning the write, compiling
-/// the triggers it fired then), which set the bench's latency p99.
+/// Run the claim and the write once with nothing to claim or write, inside
+/// `tx` (which the caller rolls back), so that PostgreSQL holds their plans
+/// (cached statements of this connection) before the first real batch.
+/// Cold, the first batch on each connection took ~5 ms more (planning the
+/// write, compiling the triggers it fired then).
 pub(crate) async fn warm_up(tx: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
-    prepare_statements(tx).await?;
-    let empty = write_execute(&Replies::default(), &Marks::default()).unwrap_or_default();
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "EXECUTE {}(0); {empty}",
-        *CLAIM_STATEMENT
-    )))
-    .execute(&mut *tx)
-    .await?;
+    let _: Vec<Row> = sqlx::query_as(CLAIM_SQL)
+        .persistent(crate::db::prepared())
+        .bind(0_i64)
+        .fetch_all(&mut *tx)
+        .await?;
     write_statement(tx, &Replies::default(), &Marks::default()).await?;
     Ok(())
 }
 
-/// A session statement's name: its text's hash, so that behind a pooler
-/// that shares server sessions between clients two dbrouter versions cannot
-/// run each other's statements.
-fn statement_name(what: &str, sql: &str) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    sql.hash(&mut h);
-    format!("dbrouter_inbound_{what}_{:016x}", h.finish())
-}
-
 const CLAIM_SQL: &str = include_str!("../sql/inbound_claim.sql");
 const WRITE_SQL: &str = include_str!("../sql/inbound_write.sql");
-
-/// The claim as a prepared statement of the session (SQL `PREPARE`, at the
-/// connection's warm-up or on first use).
-static CLAIM_STATEMENT: LazyLock<String> = LazyLock::new(|| statement_name("claim", CLAIM_SQL));
-
-/// The write, prepared with the claim: run by `EXECUTE` with its values as
-/// literals, in one simple query with the COMMIT (see [`write`]).
-static WRITE_STATEMENT: LazyLock<String> = LazyLock::new(|| statement_name("write", WRITE_SQL));
-
-/// Whether session-level prepared statements stay with this worker's
-/// connections. They do, except behind a pooler in transaction mode
-/// (PgBouncer hands each transaction to any server session): there the
-/// claim goes back to the three round trips of the protocol-level statement,
-/// and the write to a bound statement with the COMMIT after it.
-static SESSION_STATEMENTS: AtomicBool = AtomicBool::new(true);
-
-/// Both session statements, in one round trip: a session has both or
-/// neither.
-async fn prepare_statements(conn: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
-    let sql = format!(
-        "PREPARE {}(bigint) AS {CLAIM_SQL};\nPREPARE {} AS {WRITE_SQL}",
-        *CLAIM_STATEMENT, *WRITE_STATEMENT
-    );
-    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
-    Ok(())
-}
-
-fn not_prepared(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("26000"))
-}
 
 /// An inbound batch's transaction on a pooled connection. Not sqlx's
 /// `Transaction`, whose begin cannot return rows (see [`begin_and_claim`]).
@@ -312,7 +247,7 @@ impl Drop for BatchTx {
 /// savepoint of the first chunk's write (see [`write`]). A failure on the
 /// way rolls the transaction back (or closes the connection if that fails
 /// too), as a failed write does.
-async fn begin_and_claim(conn: BatchConn, batch: i64) -> Result<(BatchTx, Claim)> {
+async fn begin_and_claim(conn: BatchConn, batch: i64) -> Result<(BatchTx, Vec<Row>)> {
     let mut tx = BatchTx {
         conn: Some(conn),
         open: true,
@@ -326,51 +261,10 @@ async fn begin_and_claim(conn: BatchConn, batch: i64) -> Result<(BatchTx, Claim)
     }
 }
 
-/// The steps of [`begin_and_claim`]. With prepared statements they are one
-/// round trip instead of three (BEGIN, claim, SAVEPOINT: 0.1-0.2 ms each
-/// here, on the latency path): one simple query that runs the claim
-/// prepared as [`CLAIM_STATEMENT`], its rows coming back as text. A session
-/// without that statement (its warm-up failed) prepares it and goes again;
-/// if it is missing again right after (a pooler), the worker stops using it.
-async fn claim(conn: &mut PgConnection, batch: i64) -> Result<Claim> {
-    if crate::db::prepared() && SESSION_STATEMENTS.load(Ordering::Relaxed) {
-        let sql = format!(
-            "{}; EXECUTE {}({batch}); SAVEPOINT chunk",
-            crate::db::BEGIN_KEYED,
-            *CLAIM_STATEMENT
-        );
-        let mut prepared = false;
-        loop {
-            match sqlx::raw_sql(AssertSqlSafe(sql.clone()))
-                .fetch_all(&mut *conn)
-                .await
-            {
-                Ok(rows) => {
-                    return Ok(Claim {
-                        rows: rows
-                            .iter()
-                            .map(Row::from_row)
-                            .collect::<std::result::Result<Vec<Row>, _>>()?,
-                        session_statements: true,
-                    });
-                }
-                Err(e) if not_prepared(&e) => {
-                    sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
-                    if prepared {
-                        tracing::info!(
-                            "session-level prepared statements do not stay with this \
-                             connection (a pooler?): claiming in three round trips"
-                        );
-                        SESSION_STATEMENTS.store(false, Ordering::Relaxed);
-                        break;
-                    }
-                    prepare_statements(conn).await?;
-                    prepared = true;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
+/// The steps of [`begin_and_claim`]: BEGIN (with the settings of
+/// [`crate::db::BEGIN_KEYED`]), the claim as a bound, cached statement, and
+/// the first chunk's savepoint.
+async fn claim(conn: &mut PgConnection, batch: i64) -> Result<Vec<Row>> {
     sqlx::raw_sql(crate::db::BEGIN_KEYED)
         .execute(&mut *conn)
         .await?;
@@ -380,18 +274,7 @@ async fn claim(conn: &mut PgConnection, batch: i64) -> Result<Claim> {
         .fetch_all(&mut *conn)
         .await?;
     sqlx::raw_sql("SAVEPOINT chunk").execute(&mut *conn).await?;
-    Ok(Claim {
-        rows,
-        session_statements: false,
-    })
-}
-
-/// The claimed messages, and whether this transaction's session holds the
-/// session statements (the claim ran as one): then the write can go with
-/// the COMMIT in one round trip.
-struct Claim {
-    rows: Vec<Row>,
-    session_statements: bool,
+    Ok(rows)
 }
 
 /// The lease replies are inserted under when their backend can send now,
@@ -424,8 +307,6 @@ struct Written {
     handed: Vec<(i32, Claimed)>,
     /// Replies sent and recorded in the transaction, with their outcomes.
     sent: Vec<(i32, Vec<(i64, Outcome)>)>,
-    /// The write went with the COMMIT: the transaction is over.
-    committed: bool,
 }
 
 async fn run_apps(
@@ -499,44 +380,19 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// trip on the latency path. A chunk refused is split in halves until the
 /// refused message is alone; it is then marked E with the error.
 ///
-/// The whole batch's chunk goes with the COMMIT, in one simple query, when
-/// it can (`fold`: the claim ran as a session statement, so the write is
-/// one too; see [`write_chunk`]): one round trip less on the latency path
-/// (~0.06-0.1 ms of ~1.8 here). The statements after an error in a simple
-/// query are not run, so a refused write leaves the transaction open (and
-/// aborted) as before, and its chunk is split the same way. Should the
-/// write go in and the COMMIT fail, the savepoint is gone with the
-/// transaction and the batch fails like one whose COMMIT failed: nothing
-/// was written, and the messages are claimed again.
-async fn write(
-    tx: &mut PgConnection,
-    items: &[Processed],
-    lease: &Lease<'_>,
-    mut fold: bool,
-) -> Result<Written> {
+async fn write(tx: &mut PgConnection, items: &[Processed], lease: &Lease<'_>) -> Result<Written> {
     let mut written = Written::default();
     let mut pending: Vec<&[Processed]> = vec![items];
     // The first chunk's savepoint came with the claim (begin_and_claim).
     let mut first = true;
     while let Some(chunk) = pending.pop() {
-        let whole = std::mem::take(&mut first);
-        if !whole {
+        if !std::mem::take(&mut first) {
             sqlx::raw_sql("SAVEPOINT chunk").execute(&mut *tx).await?;
         }
-        match write_chunk(tx, chunk, lease, fold && whole).await {
+        match write_chunk(tx, chunk, lease).await {
             Ok(w) => {
                 written.handed.extend(w.handed);
                 written.sent.extend(w.sent);
-                written.committed |= w.committed;
-            }
-            Err(e) if not_prepared(&e) && fold => {
-                // The session lost its write statement (DEALLOCATE?): the
-                // same chunk again, bound as a protocol-level statement.
-                sqlx::raw_sql("ROLLBACK TO SAVEPOINT chunk")
-                    .execute(&mut *tx)
-                    .await?;
-                fold = false;
-                pending.push(chunk);
             }
             Err(e) if matches!(e, sqlx::Error::Database(_)) && !is_transient(&e) => {
                 sqlx::raw_sql("ROLLBACK TO SAVEPOINT chunk")
@@ -571,7 +427,6 @@ async fn write_chunk(
     conn: &mut PgConnection,
     chunk: &[Processed],
     lease: &Lease<'_>,
-    commit: bool,
 ) -> std::result::Result<Written, sqlx::Error> {
     let mut replies = Replies {
         lease_seconds: lease.seconds,
@@ -617,27 +472,7 @@ async fn write_chunk(
         actions,
         keywords,
     };
-    // With the COMMIT when nothing is left to do in the transaction: no
-    // reply to send and record in it (a `database` backend that can fail),
-    // and every text writable as a literal.
-    let sends_here = replies
-        .tokens
-        .iter()
-        .zip(&replies.backends)
-        .any(|(t, b)| t.is_some() && lease.sent_in_transaction(*b).is_some());
-    let folded = (commit && !sends_here)
-        .then(|| write_execute(&replies, &marks))
-        .flatten();
-    let committed = folded.is_some();
-    let rows = match folded {
-        Some(sql) => sqlx::raw_sql(AssertSqlSafe(sql + ";\nCOMMIT"))
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(<(i64, i64, i64)>::from_row)
-            .collect::<std::result::Result<Vec<_>, _>>()?,
-        None => write_statement(&mut *conn, &replies, &marks).await?,
-    };
+    let rows = write_statement(&mut *conn, &replies, &marks).await?;
     let mut handed = Vec::new();
     for (transmission_id, message_id, ord) in rows {
         let Some(i) = usize::try_from(ord - 1).ok() else {
@@ -663,10 +498,7 @@ async fn write_chunk(
         ));
     }
 
-    let mut written = Written {
-        committed,
-        ..Written::default()
-    };
+    let mut written = Written::default();
     let mut here: HashMap<i32, (&BackendEntry, Vec<Claimed>)> = HashMap::new();
     for (backend_id, c) in handed {
         match lease.sent_in_transaction(backend_id) {
@@ -719,27 +551,6 @@ struct Marks<'a> {
     errors: Vec<Option<String>>,
     actions: Vec<Option<&'static str>>,
     keywords: Vec<Option<&'a str>>,
-}
-
-/// [`write_statement`] as an `EXECUTE` of the session statement, its
-/// values written out as literals; None if some text cannot be.
-fn write_execute(replies: &Replies<'_>, marks: &Marks<'_>) -> Option<String> {
-    let mut a = literal::Args::execute(&WRITE_STATEMENT);
-    a.numbers(replies.connections.iter().map(Some))
-        .numbers(replies.backends.iter().map(Some))
-        .texts(replies.texts.iter().map(|t| Some(*t)))
-        .numbers(replies.in_response_to.iter().map(Some))
-        .numbers(replies.tokens.iter().copied())
-        .number(replies.lease_seconds)
-        .texts(replies.sent_as.iter().copied())
-        .texts(replies.identities.iter().map(|t| Some(*t)))
-        .texts(replies.reply_to.iter().copied())
-        .number(replies.batch)
-        .numbers(marks.ids.iter().map(Some))
-        .texts(marks.errors.iter().map(|e| e.as_deref()))
-        .texts(marks.actions.iter().copied())
-        .texts(marks.keywords.iter().copied());
-    a.finish()
 }
 
 /// Replies and marks in one statement; each reply's transmission id,

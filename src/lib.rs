@@ -22,7 +22,6 @@ pub mod gsm;
 pub mod inbound;
 pub mod invariants;
 pub mod listen;
-pub mod literal;
 pub mod outbound;
 pub mod registry;
 pub mod serve;

@@ -175,9 +175,6 @@ pub struct Pass {
     pub full: bool,
     /// The soonest a rate-limited or throttled backend can go on.
     pub wait: Option<Duration>,
-    /// Whether the inbound batch's write went with its COMMIT (one round
-    /// trip; see `inbound::write`).
-    pub write_with_commit: bool,
 }
 
 /// The pool a worker process runs on: at most `max_connections`, opened
@@ -327,7 +324,6 @@ impl Worker {
         };
         pass.claimed += batch.claimed;
         pass.full |= batch.claimed >= self.cfg.batch_size as usize;
-        pass.write_with_commit = batch.write_with_commit;
         for (backend_id, outcomes) in &batch.sent {
             if let Some(entry) = send_now.get(backend_id) {
                 outbound::slow_down_if_asked(&self.pool, entry, outcomes).await?;
