@@ -85,11 +85,11 @@ pub struct Batch {
 /// other backends are queued. Gives the connection back when the batch's
 /// transaction ended cleanly (else it was closed).
 pub async fn run_batch(
-    conn: BatchConn,
+    conn: PoolConnection<Postgres>,
     cfg: &WorkerConfig,
     pipeline: &Pipeline,
     send_now: &HashMap<i32, &BackendEntry>,
-) -> Result<(Batch, Option<BatchConn>)> {
+) -> Result<Batch> {
     let (mut tx, rows) = begin_and_claim(conn, i64::from(cfg.batch_size)).await?;
     if rows.is_empty() {
         tx.end("ROLLBACK").await?;
@@ -98,7 +98,7 @@ pub async fn run_batch(
             hand_off: None,
             sent: Vec::new(),
         };
-        return Ok((batch, tx.into_conn()));
+        return Ok(batch);
     }
     let n = rows.len();
     let deadline = Instant::now() + cfg.app_timeout;
@@ -142,7 +142,7 @@ pub async fn run_batch(
         hand_off,
         sent,
     };
-    Ok((batch, tx.into_conn()))
+    Ok(batch)
 }
 
 /// Run the claim and the write once with nothing to claim or write, inside
@@ -164,49 +164,20 @@ const CLAIM_SQL: &str = include_str!("../sql/inbound_claim.sql");
 const WRITE_SQL: &str = include_str!("../sql/inbound_write.sql");
 
 /// An inbound batch's transaction on a pooled connection. Not sqlx's
-/// `Transaction`, whose begin cannot return rows (see [`begin_and_claim`]).
-/// Dropped before it ends (an error whose rollback failed too), its
+/// `Transaction`: dropped, that only queues its ROLLBACK, and the claimed
+/// messages stay locked until the pool gets round to it. Dropped before it
+/// ends (an error whose rollback failed too), its
 /// connection is closed instead of going back to the pool mid-transaction:
 /// the server then aborts the transaction, which releases the claimed
 /// messages at once.
 struct BatchTx {
-    /// Some until the batch gives it back ([`BatchTx::into_conn`]).
-    conn: Option<BatchConn>,
+    conn: PoolConnection<Postgres>,
     open: bool,
-}
-
-/// An inbound batch's connection: the one the worker kept from its last
-/// batch (detached from the pool), or one from the pool.
-pub enum BatchConn {
-    Kept(PgConnection),
-    Pooled(PoolConnection<Postgres>),
-}
-
-impl BatchConn {
-    fn get(&mut self) -> &mut PgConnection {
-        match self {
-            BatchConn::Kept(c) => c,
-            BatchConn::Pooled(c) => c,
-        }
-    }
-
-    /// The connection, detached from the pool if it came from there.
-    pub fn into_kept(self) -> PgConnection {
-        match self {
-            BatchConn::Kept(c) => c,
-            BatchConn::Pooled(c) => c.detach(),
-        }
-    }
 }
 
 impl BatchTx {
     fn conn(&mut self) -> &mut PgConnection {
-        match self.conn.as_mut() {
-            Some(c) => c.get(),
-            None => unreachable!(
-                "the connection is only taken by into_conn, which consumes the BatchTx"
-            ),
-        }
+        &mut self.conn
     }
 
     /// COMMIT or ROLLBACK.
@@ -223,22 +194,13 @@ impl BatchTx {
             tracing::debug!(error = %e, "rollback failed; closing the connection");
         }
     }
-
-    /// The connection, once the transaction is over.
-    fn into_conn(mut self) -> Option<BatchConn> {
-        if self.open {
-            return None; // closed on drop
-        }
-        self.conn.take()
-    }
 }
 
 impl Drop for BatchTx {
     fn drop(&mut self) {
-        // A kept connection is closed by being dropped; a pooled one must
-        // not go back to the pool mid-transaction.
-        if let (true, Some(BatchConn::Pooled(conn))) = (self.open, self.conn.as_mut()) {
-            conn.close_on_drop();
+        // Not back to the pool mid-transaction.
+        if self.open {
+            self.conn.close_on_drop();
         }
     }
 }
@@ -247,11 +209,11 @@ impl Drop for BatchTx {
 /// savepoint of the first chunk's write (see [`write`]). A failure on the
 /// way rolls the transaction back (or closes the connection if that fails
 /// too), as a failed write does.
-async fn begin_and_claim(conn: BatchConn, batch: i64) -> Result<(BatchTx, Vec<Row>)> {
-    let mut tx = BatchTx {
-        conn: Some(conn),
-        open: true,
-    };
+async fn begin_and_claim(
+    conn: PoolConnection<Postgres>,
+    batch: i64,
+) -> Result<(BatchTx, Vec<Row>)> {
+    let mut tx = BatchTx { conn, open: true };
     match claim(tx.conn(), batch).await {
         Ok(claim) => Ok((tx, claim)),
         Err(e) => {

@@ -54,84 +54,6 @@ pub struct Worker {
     fanouts: AtomicBool,
     next_backend: AtomicUsize,
     swept_at: Mutex<Option<Instant>>,
-    /// The connection the last inbound batch ended on (see [`KeptConn`]).
-    kept: KeptConn,
-}
-
-/// One connection kept aside for the next inbound batch, so that a quiet
-/// worker answers message after message on the same connection.
-///
-/// sqlx's pool hands out its idle connections in turn (first in, first
-/// out), and each connection holds its own plans. When autovacuum analyzes
-/// a table, every cached plan over it is invalidated, and each connection
-/// re-plans the claim and the write on its next batch (~1.4 ms); taken in
-/// turn, the next five to ten messages each paid that: in one latency run
-/// the six slowest of 500 samples (2.95-5.57 ms against a p50 of 1.47) came
-/// one after another in the 250 ms after an automatic analyze. With the
-/// connection kept, one message per worker pays it. Under load, lanes that
-/// find the slot taken use the pool as before.
-///
-/// The kept connection is detached from the pool (the pool may open another
-/// in its place), so that closing the pool does not wait for it; there is
-/// at most one, closed when the worker is dropped or when it fails (then
-/// the next batch's pooled connection takes its place).
-#[derive(Default)]
-struct KeptConn(std::sync::Mutex<Kept>);
-
-#[derive(Default)]
-enum Kept {
-    /// No connection kept: the next pooled one to end a batch cleanly is.
-    #[default]
-    Free,
-    Idle(PgConnection, Instant),
-    InUse,
-}
-
-impl KeptConn {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The kept connection if it is idle (pinged first if it sat idle as
-    /// long as the pool would ping one), else one from the pool.
-    async fn take(&self, pool: &PgPool) -> sqlx::Result<inbound::BatchConn> {
-        let idle = {
-            let mut k = self.lock();
-            match std::mem::take(&mut *k) {
-                Kept::Idle(conn, since) => {
-                    *k = Kept::InUse;
-                    Some((conn, since))
-                }
-                other => {
-                    *k = other;
-                    None
-                }
-            }
-        };
-        if let Some((mut conn, since)) = idle {
-            if (since.elapsed() < PING_IF_IDLE && !pinging_all()) || conn.ping().await.is_ok() {
-                return Ok(inbound::BatchConn::Kept(conn));
-            }
-            *self.lock() = Kept::Free; // dead: closed as it is dropped here
-        }
-        Ok(inbound::BatchConn::Pooled(pool.acquire().await?))
-    }
-
-    /// A batch ended: its connection (idle, no transaction open) is kept if
-    /// it is the kept one, or if none is kept; else it goes back to the
-    /// pool. None: the batch failed and its connection was closed.
-    fn put(&self, was_kept: bool, conn: Option<inbound::BatchConn>) {
-        let mut k = self.lock();
-        match conn {
-            Some(c) if was_kept || matches!(*k, Kept::Free) => {
-                *k = Kept::Idle(c.into_kept(), Instant::now());
-            }
-            None if was_kept => *k = Kept::Free,
-            _ => {} // a pooled connection, dropped back to the pool
-        }
-    }
 }
 
 /// A pooled connection idle this long is pinged before use (connect_lazy).
@@ -243,7 +165,6 @@ impl Worker {
             wake: Notify::new(),
             fanouts: AtomicBool::new(true),
             next_backend: AtomicUsize::new(0),
-            kept: KeptConn::default(),
             swept_at: Mutex::new(None),
         }))
     }
@@ -310,18 +231,8 @@ impl Worker {
             .filter(|e| e.sends_replies_at_once())
             .map(|e| (e.id, e))
             .collect();
-        let conn = self.kept.take(&self.pool).await?;
-        let was_kept = matches!(conn, inbound::BatchConn::Kept(_));
-        let batch = match inbound::run_batch(conn, &self.cfg, &self.pipeline, &send_now).await {
-            Ok((batch, conn)) => {
-                self.kept.put(was_kept, conn);
-                batch
-            }
-            Err(e) => {
-                self.kept.put(was_kept, None);
-                return Err(e);
-            }
-        };
+        let conn = self.pool.acquire().await?;
+        let batch = inbound::run_batch(conn, &self.cfg, &self.pipeline, &send_now).await?;
         pass.claimed += batch.claimed;
         pass.full |= batch.claimed >= self.cfg.batch_size as usize;
         for (backend_id, outcomes) in &batch.sent {
