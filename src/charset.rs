@@ -13,6 +13,9 @@
 use encoding_rs::Encoding;
 
 /// A form (`a=1&b=2`, `+` for space) as raw byte pairs, in order.
+/// (`form_urlencoded::parse`, which serde_urlencoded uses, decodes to text
+/// at once, replacing what is not UTF-8 with U+FFFD: the very loss this
+/// module exists to prevent.)
 pub fn form_pairs(raw: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     raw.split(|&b| b == b'&')
         .filter(|p| !p.is_empty())

@@ -131,8 +131,9 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool> {
 
 /// The pool of `dbrouter serve`: a request waits for a connection at most
 /// 3 s and a statement runs at most 4 s (or waits 4 s for a lock), so a
-/// database that is down or a locked table gets a quick 503 (the receiver
-/// answers within serve::WRITE_DEADLINE) instead of a gateway kept waiting.
+/// database that is down or a locked table gets a quick 503 (a request is
+/// answered within seconds; see serve's QUEUE_WAIT) instead of a gateway
+/// kept waiting.
 pub fn connect_lazy_receiver(url: &str, max_connections: u32) -> Result<PgPool> {
     let options =
         connect_options(url)?.options([("statement_timeout", "4s"), ("lock_timeout", "4s")]);

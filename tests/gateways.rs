@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use common::{get, receiver, test_config, wait_until, TestDb};
+use common::{get, receiver, spawn_serve, test_config, wait_until, TestDb};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -811,16 +811,6 @@ async fn a_broadcasts_thousands_of_reports_roll_up_to_delivered() {
 }
 
 /// `dbrouter serve` as its own process on `port`.
-fn spawn_serve(url: &str, port: u16) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_dbrouter"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", url)
-        .env("DBROUTER_LOG", "error")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn dbrouter serve")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receiver_killed_mid_load_loses_nothing_and_retries_duplicate_nothing() {
     let db = TestDb::new().await;

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{spawn_worker, wait_until, Proc, TestDb};
+use common::{spawn_serve, spawn_worker, wait_until, Proc, TestDb};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -294,18 +294,6 @@ fn parse_mt(line: &[u8]) -> Option<(String, String)> {
         ),
     };
     Some((to, text))
-}
-
-fn spawn_serve(url: &str, port: u16) -> Proc {
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_dbrouter"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("DATABASE_URL", url)
-            .env("DBROUTER_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn dbrouter serve"),
-    )
 }
 
 async fn serve_up(base: &str) {

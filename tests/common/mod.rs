@@ -296,6 +296,19 @@ pub fn spawn_worker(url: &str, args: &[&str]) -> Proc {
     )
 }
 
+/// `dbrouter serve` as a process on `port` (so a test can kill it).
+pub fn spawn_serve(url: &str, port: u16) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_dbrouter"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", url)
+            .env("DBROUTER_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn dbrouter serve"),
+    )
+}
+
 /// `dbrouter serve` in this process, on a free port; its base URL.
 pub async fn receiver(db: &TestDb) -> String {
     receiver_on(db.pool.clone()).await
