@@ -6,17 +6,12 @@
 -- executor start. A chunk without replies (apps that only filtered, a
 -- message ended E) runs it with empty reply arrays.
 --
--- The replies. Each is written in one of three states:
--- - S, already sent, when its backend's send is nothing but a record in
---   this database that cannot fail (the `database` engine without simulated
---   failures; $7 names the backend) and no app has an outgoing phase: the
---   record is written here too, so the reply is sent exactly once, with the
---   R mark, in one statement and no later update.
+-- The replies. Each is written in one of two states
+-- (registry.rs, BackendEntry::sends_replies_at_once, decides which):
 -- - P under this worker's lease ($5 token, $6 seconds from now) when its
---   backend can send now: the worker sends it itself (in this transaction
---   for other database-recorded sends, else right after the commit) without
---   claiming it again, and no other worker takes it unless the lease
---   expires (the worker died).
+--   backend can send now: the worker sends it itself right after the
+--   commit without claiming it again, and no other worker takes it unless
+--   the lease expires (the worker died).
 -- - Q otherwise, and only then are the workers woken (once per transaction).
 --
 -- Not through dbrouter.outbox: the worker already knows each reply's
@@ -47,61 +42,44 @@
 -- only reads rows with due_at set); the senders' `opt_outs` rows.
 --
 -- Replies: $1 connection ids, $2 backend ids, $3 texts, $4 in_response_to,
--- $5 lease token per reply (NULL: queue it), $6 lease seconds,
--- $7 backend name per reply written sent (else NULL), $8 identities,
--- $9 the answered messages' gateway ids, $10 the batch (lease token) the
--- records name.
--- Marks: $11 message ids, $12 error per message (NULL = success),
--- $13 'stop' / 'start' / NULL per message, $14 the keyword that did it.
+-- $5 lease token per reply (NULL: queue it), $6 lease seconds.
+-- Marks: $7 message ids, $8 error per message (NULL = success),
+-- $9 'stop' / 'start' / NULL per message, $10 the keyword that did it.
 -- Returns each reply's transmission id, message id and position (1-based).
 WITH r AS MATERIALIZED (
     SELECT nextval('dbrouter.messages_id_seq') AS mid,
            nextval('dbrouter.transmissions_id_seq') AS tid,
-           CASE WHEN r.sent_as IS NOT NULL THEN 'S'
-                WHEN r.lease_token IS NOT NULL THEN 'P'
-                ELSE 'Q' END AS status,
+           CASE WHEN r.lease_token IS NOT NULL THEN 'P' ELSE 'Q' END AS status,
            r.*,
            now() + (SELECT b.expire_replies_after FROM dbrouter.backends b
                      WHERE b.id = r.backend_id) AS expires_at
-      FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[],
-                  $7::text[], $8::text[], $9::text[])
-           WITH ORDINALITY AS r(connection_id, backend_id, text, in_response_to, lease_token,
-                                sent_as, identity, reply_to_external_id, ord)
+      FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[])
+           WITH ORDINALITY AS r(connection_id, backend_id, text, in_response_to, lease_token, ord)
 ), m AS (
     INSERT INTO dbrouter.messages (id, direction, status, text, in_response_to, n_total,
-                                   n_done, priority, expires_at, sent_at)
-    SELECT mid, 'O', status, text, in_response_to, 1,
-           (status = 'S')::integer, 1, expires_at, CASE WHEN status = 'S' THEN now() END
+                                   priority, expires_at)
+    SELECT mid, 'O', status, text, in_response_to, 1, 1, expires_at
       FROM r
 ), t AS (
     INSERT INTO dbrouter.transmissions
            (id, message_id, connection_id, backend_id, status, attempts, lease_token, due_at,
-            priority, expires_at, sent_at)
+            priority, expires_at)
     OVERRIDING SYSTEM VALUE
     SELECT tid, mid, connection_id, backend_id, status,
            CASE WHEN status = 'Q' THEN 0 ELSE 1 END,
-           CASE WHEN status = 'P' THEN lease_token END,
+           lease_token,
            CASE status WHEN 'Q' THEN now()
-                       WHEN 'P' THEN clock_timestamp() + make_interval(secs => $6) END,
-           1, expires_at, CASE WHEN status = 'S' THEN now() END
+                       ELSE clock_timestamp() + make_interval(secs => $6) END,
+           1, expires_at
       FROM r
-), recorded AS (
-    -- The `database` engine's send: one call (id) per reply, as in
-    -- outbound_finish.sql.
-    INSERT INTO dbrouter.database_backend_sends
-           (call_id, batch, backend, message_id, text, in_response_to, reply_to_external_id,
-            transmission_id, identity, attempt)
-    SELECT nextval('dbrouter.database_backend_calls'), $10, sent_as, mid, text, in_response_to,
-           reply_to_external_id, tid, identity, 1
-      FROM r WHERE status = 'S'
 ), woke AS (
     SELECT count(pg_notify('dbrouter', '')) AS n FROM r WHERE status = 'Q'
 ), result AS (
-    SELECT x.id, ($12::text[])[x.i] AS error, ($13::text[])[x.i] AS opt_action,
-           ($14::text[])[x.i] AS opt_keyword
-      FROM (SELECT m.id, array_position($11::bigint[], m.id) AS i
+    SELECT x.id, ($8::text[])[x.i] AS error, ($9::text[])[x.i] AS opt_action,
+           ($10::text[])[x.i] AS opt_keyword
+      FROM (SELECT m.id, array_position($7::bigint[], m.id) AS i
               FROM dbrouter.messages m
-             WHERE m.id = ANY ($11::bigint[]) AND m.status = 'Q') x
+             WHERE m.id = ANY ($7::bigint[]) AND m.status = 'Q') x
 ), marked AS (
     UPDATE dbrouter.messages m
        SET status = CASE WHEN r.error IS NULL THEN 'R' ELSE 'E' END,

@@ -1,17 +1,46 @@
--- Claim up to $2 due transmissions of backend $1 across messages (which
--- ones, in what order: sql/outbound_due.sql, the start of this statement),
--- mark them P with lease token $3 for $4 seconds, and return what the
--- sender needs.
+-- Claim up to $2 due transmissions of backend $1 across messages, mark
+-- them P with lease token $3 for $4 seconds, and return what the sender
+-- needs.
 --
--- Locks: the claimed `transmissions` rows (FOR UPDATE SKIP LOCKED), only
--- until this short transaction commits; from then on the lease protects
--- them. Messages still Q (or whose errored transmissions are being
--- retried) are locked in id order, so claims and finishes touching the
--- same messages cannot deadlock, and get their counters and status updated
--- by deltas. (outbound_write_sent.sql rolls messages up as
--- outbound_finish.sql does: change them together.)
--- (continues sql/outbound_due.sql: WITH due AS (...))
-, claimed AS (
+-- Due: a queued row, a retry
+-- whose backoff has elapsed, or a P row whose lease expired because its
+-- worker died. Highest priority first (replies are 1, bulk 0), then the
+-- longest due. None while the backend is disabled, paused or throttled
+-- (checked here too, so a pause holds at once even for a worker that has
+-- not reloaded the backends yet), and none past its deadline: the expiry
+-- sweep ends those E.
+--
+-- `opted_out`: the identity sent STOP after this transmission was queued
+-- (dbrouter.opt_outs, probed by its key; then the message, by its key, only
+-- for an opted-out identity). Each claim ends such a row E 'opted out'
+-- instead of sending it, so a STOP holds for anything not yet sent; the
+-- row is taken like the others so it leaves the queue. Replies are exempt,
+-- as when they are written: they answer the person's own message (the STOP
+-- confirmation among them).
+--
+-- Locks: the selected `transmissions` rows, FOR UPDATE SKIP LOCKED, so
+-- concurrent workers take disjoint batches without waiting, only until
+-- this short transaction commits; from then on the lease protects them.
+-- The backend row and the opt-outs are read in subqueries, which FOR
+-- UPDATE does not reach. Messages still Q (or whose errored transmissions
+-- are being retried, or that lose one to an opt-out) are locked in id
+-- order, so claims and finishes touching the same messages cannot
+-- deadlock, and get their counters and status updated by deltas.
+WITH due AS (
+    SELECT t.id, t.status AS was,
+           CASE WHEN EXISTS (SELECT 1 FROM dbrouter.opt_outs o WHERE o.connection_id = t.connection_id)
+                THEN (SELECT m.in_response_to IS NULL FROM dbrouter.messages m WHERE m.id = t.message_id)
+                ELSE false END AS opted_out
+      FROM dbrouter.transmissions t
+     WHERE t.backend_id = $1 AND t.due_at <= now()
+       AND (t.expires_at IS NULL OR t.expires_at > now())
+       AND EXISTS (SELECT 1 FROM dbrouter.backends b
+                    WHERE b.id = $1 AND b.enabled AND b.paused_at IS NULL
+                      AND (b.throttled_until IS NULL OR b.throttled_until <= now()))
+     ORDER BY t.priority DESC, t.due_at, t.id
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
     -- An opted-out row ends E here (not sent, no attempt used); the rest
     -- are leased.
     UPDATE dbrouter.transmissions t

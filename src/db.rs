@@ -28,9 +28,8 @@ pub fn prepared() -> bool {
     PREPARED.load(Ordering::Relaxed)
 }
 
-/// How the transactions of the hot statements begin (one round trip): the
-/// inbound batch (claim, replies, mark) and the outbound written-sent batch
-/// (`sql/outbound_write_sent.sql`). Those statements never read a whole
+/// How the inbound batch's transaction begins (one round trip): its claim,
+/// replies and mark never read a whole
 /// table: every row they touch is found by key (`= ANY (ARRAY(...))`, a
 /// scalar subquery, or a `LIMIT` subquery that PostgreSQL cannot flatten
 /// into a hash or merge join). Without sequential scans, a plan cannot go
@@ -41,8 +40,7 @@ pub fn prepared() -> bool {
 /// Since no plan of theirs then depends on the parameters' values, they are
 /// planned once per connection (generic plans) instead of for every batch:
 /// PostgreSQL re-planned the replies and the mark on every call (0.5-0.7 ms
-/// each on the latency path) and the written-sent batch too (0.6-1.1 ms of
-/// its ~5 ms). (The outbound claim of the long path keeps custom plans: its
+/// each on the latency path). (The outbound claim keeps custom plans: its
 /// generic plan cannot see `LIMIT $2`.)
 ///
 /// `dbrouter.refs_checked`: the transmissions these transactions insert (the

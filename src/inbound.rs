@@ -10,12 +10,10 @@
 //! refuses (a poison message) is isolated by splitting the batch under
 //! savepoints and ends E alone.
 //!
-//! Replies to a backend that can send now are inserted P under this worker's
-//! lease. When the backend's sends are writes to this database (the
-//! `database` engine), they are sent and recorded S right here, before the
-//! commit; the others are handed back and sent right after it. A send that
-//! is nothing but that record and cannot fail (and no app has an outgoing
-//! phase) is not even a step: the reply is inserted S with its record.
+//! A reply is written one of two ways ([`BackendEntry::sends_replies_at_once`]):
+//! P under this worker's lease, handed back to be sent by this worker right
+//! after the commit (`outbound::complete`), or Q, to be claimed like any
+//! outbound work.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -30,8 +28,7 @@ use crate::apps::{IncomingMessage, OptChange, Pipeline, Verdict};
 use crate::config::WorkerConfig;
 use crate::db::is_transient;
 use crate::error::Result;
-use crate::gateways::Outcome;
-use crate::outbound::{self, Claimed};
+use crate::outbound::Claimed;
 use crate::registry::BackendEntry;
 
 #[derive(Debug, sqlx::FromRow)]
@@ -73,16 +70,11 @@ pub struct HandOff {
 pub struct Batch {
     pub claimed: usize,
     pub hand_off: Option<HandOff>,
-    /// Replies already sent and recorded in the batch's own transaction
-    /// (backends whose sends are database writes), per backend id: their
-    /// outcomes, for the caller to act on throttling.
-    pub sent: Vec<(i32, Vec<(i64, Outcome)>)>,
 }
 
-/// Process one batch on `conn`. Replies to backends in `send_now` are sent
-/// in the batch's transaction when the backend's sends are database writes,
-/// else handed back to be sent by the caller after the commit; replies to
-/// other backends are queued. Gives the connection back when the batch's
+/// Process one batch on `conn`. Replies to backends in `send_now` are
+/// handed back to be sent by the caller after the commit; replies to other
+/// backends are queued. Gives the connection back when the batch's
 /// transaction ended cleanly (else it was closed).
 pub async fn run_batch(
     conn: PoolConnection<Postgres>,
@@ -93,12 +85,10 @@ pub async fn run_batch(
     let (mut tx, rows) = begin_and_claim(conn, i64::from(cfg.batch_size)).await?;
     if rows.is_empty() {
         tx.end("ROLLBACK").await?;
-        let batch = Batch {
+        return Ok(Batch {
             claimed: 0,
             hand_off: None,
-            sent: Vec::new(),
-        };
-        return Ok(batch);
+        });
     }
     let n = rows.len();
     let deadline = Instant::now() + cfg.app_timeout;
@@ -111,15 +101,9 @@ pub async fn run_batch(
     let lease = Lease {
         token: rand::random(),
         seconds: cfg.lease.as_secs_f64(),
-        send_deadline: claimed_at + cfg.lease / 2,
         send_now,
-        cfg,
-        pipeline,
     };
-    let Written {
-        handed: replies,
-        sent,
-    } = match write(tx.conn(), &processed, &lease).await {
+    let replies = match write(tx.conn(), &processed, &lease).await {
         Ok(w) => w,
         Err(e) => {
             tx.abandon().await;
@@ -137,12 +121,10 @@ pub async fn run_batch(
         claimed_at,
         replies: by_backend.into_iter().collect(),
     });
-    let batch = Batch {
+    Ok(Batch {
         claimed: n,
         hand_off,
-        sent,
-    };
-    Ok(batch)
+    })
 }
 
 /// Run the claim and the write once with nothing to claim or write, inside
@@ -239,36 +221,11 @@ async fn claim(conn: &mut PgConnection, batch: i64) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// The lease replies are inserted under when their backend can send now,
-/// and what sending them in the transaction takes.
+/// The lease replies are inserted under when their backend can send now.
 struct Lease<'a> {
     token: i64,
     seconds: f64,
-    send_deadline: Instant,
     send_now: &'a HashMap<i32, &'a BackendEntry>,
-    cfg: &'a WorkerConfig,
-    pipeline: &'a Pipeline,
-}
-
-impl<'a> Lease<'a> {
-    /// The backend, if a reply to it inserted under this lease is sent and
-    /// recorded inside the batch's transaction (a `database` backend whose
-    /// sends can fail); other leased replies are sent after the commit.
-    fn sent_in_transaction(&self, backend_id: i32) -> Option<&'a BackendEntry> {
-        self.send_now
-            .get(&backend_id)
-            .copied()
-            .filter(|e| e.records_in_database())
-    }
-}
-
-/// What a batch's writes left to do after the commit.
-#[derive(Default)]
-struct Written {
-    /// Replies inserted P under the lease, to send after the commit.
-    handed: Vec<(i32, Claimed)>,
-    /// Replies sent and recorded in the transaction, with their outcomes.
-    sent: Vec<(i32, Vec<(i64, Outcome)>)>,
 }
 
 async fn run_apps(
@@ -342,8 +299,13 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// trip on the latency path. A chunk refused is split in halves until the
 /// refused message is alone; it is then marked E with the error.
 ///
-async fn write(tx: &mut PgConnection, items: &[Processed], lease: &Lease<'_>) -> Result<Written> {
-    let mut written = Written::default();
+/// Returns the replies written P under the lease, per backend id.
+async fn write(
+    tx: &mut PgConnection,
+    items: &[Processed],
+    lease: &Lease<'_>,
+) -> Result<Vec<(i32, Claimed)>> {
+    let mut handed = Vec::new();
     let mut pending: Vec<&[Processed]> = vec![items];
     // The first chunk's savepoint came with the claim (begin_and_claim).
     let mut first = true;
@@ -352,10 +314,7 @@ async fn write(tx: &mut PgConnection, items: &[Processed], lease: &Lease<'_>) ->
             sqlx::raw_sql("SAVEPOINT chunk").execute(&mut *tx).await?;
         }
         match write_chunk(tx, chunk, lease).await {
-            Ok(w) => {
-                written.handed.extend(w.handed);
-                written.sent.extend(w.sent);
-            }
+            Ok(h) => handed.extend(h),
             Err(e) if matches!(e, sqlx::Error::Database(_)) && !is_transient(&e) => {
                 sqlx::raw_sql("ROLLBACK TO SAVEPOINT chunk")
                     .execute(&mut *tx)
@@ -379,40 +338,30 @@ async fn write(tx: &mut PgConnection, items: &[Processed], lease: &Lease<'_>) ->
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(written)
+    Ok(handed)
 }
 
-/// Replies (with their marks) of one chunk; replies to backends whose sends
-/// are database writes are sent and recorded here too, so a refusal there
-/// is isolated like any other.
+/// Replies (with their marks) of one chunk; returns those written P under
+/// the lease.
 async fn write_chunk(
     conn: &mut PgConnection,
     chunk: &[Processed],
     lease: &Lease<'_>,
-) -> std::result::Result<Written, sqlx::Error> {
+) -> std::result::Result<Vec<(i32, Claimed)>, sqlx::Error> {
     let mut replies = Replies {
         lease_seconds: lease.seconds,
-        batch: lease.token,
         ..Replies::default()
     };
     let mut sources = Vec::new();
     for p in chunk {
         if let Ok(texts) = &p.result {
-            let now = lease.send_now.get(&p.backend_id);
-            // A send that is only a record in this database is written with
-            // the reply (inbound_write.sql).
-            let by_writing = now.filter(|e| e.sends_by_writing(lease.pipeline));
+            let now = lease.send_now.contains_key(&p.backend_id);
             for text in texts {
                 replies.connections.push(p.connection_id);
                 replies.backends.push(p.backend_id);
                 replies.texts.push(text.as_str());
                 replies.in_response_to.push(p.id);
-                replies
-                    .tokens
-                    .push((now.is_some() && by_writing.is_none()).then_some(lease.token));
-                replies.sent_as.push(by_writing.map(|e| e.name.as_str()));
-                replies.identities.push(p.identity.as_str());
-                replies.reply_to.push(p.external_id.as_deref());
+                replies.tokens.push(now.then_some(lease.token));
                 sources.push((p, text));
             }
         }
@@ -441,8 +390,7 @@ async fn write_chunk(
             continue;
         };
         // Only replies inserted P under this lease are ours to send; queued
-        // ones (backend not sending now) wait for a claim, and ones written
-        // sent are done.
+        // ones (backend not sending now) wait for a claim.
         let (Some((p, text)), Some(Some(_))) = (sources.get(i), replies.tokens.get(i)) else {
             continue;
         };
@@ -460,50 +408,19 @@ async fn write_chunk(
         ));
     }
 
-    let mut written = Written::default();
-    let mut here: HashMap<i32, (&BackendEntry, Vec<Claimed>)> = HashMap::new();
-    for (backend_id, c) in handed {
-        match lease.sent_in_transaction(backend_id) {
-            Some(entry) => {
-                here.entry(backend_id)
-                    .or_insert_with(|| (entry, Vec::new()))
-                    .1
-                    .push(c);
-            }
-            None => written.handed.push((backend_id, c)),
-        }
-    }
-    for (backend_id, (entry, claimed)) in here {
-        let outcomes = outbound::send_in_transaction(
-            &mut *conn,
-            lease.cfg,
-            lease.pipeline,
-            entry,
-            lease.token,
-            &claimed,
-            lease.send_deadline,
-        )
-        .await?;
-        written.sent.push((backend_id, outcomes));
-    }
-    Ok(written)
+    Ok(handed)
 }
 
 /// The replies of a chunk, one array per column (`sql/inbound_write.sql`),
-/// with the lease they are written under (its length in seconds, and its
-/// token, which also names the batch in the records).
+/// with the length in seconds of the lease they are written under.
 #[derive(Default)]
 struct Replies<'a> {
     lease_seconds: f64,
-    batch: i64,
     connections: Vec<i64>,
     backends: Vec<i32>,
     texts: Vec<&'a str>,
     in_response_to: Vec<i64>,
     tokens: Vec<Option<i64>>,
-    sent_as: Vec<Option<&'a str>>,
-    identities: Vec<&'a str>,
-    reply_to: Vec<Option<&'a str>>,
 }
 
 /// The marks of a chunk: per message, its error (None: R) and opt-out change.
@@ -530,10 +447,6 @@ async fn write_statement(
         .bind(&replies.in_response_to)
         .bind(&replies.tokens)
         .bind(replies.lease_seconds)
-        .bind(&replies.sent_as)
-        .bind(&replies.identities)
-        .bind(&replies.reply_to)
-        .bind(replies.batch)
         .bind(&marks.ids)
         .bind(&marks.errors)
         .bind(&marks.actions)

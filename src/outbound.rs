@@ -12,9 +12,9 @@
 //! A send that outlives its lease can be repeated by another worker: delivery
 //! is at-least-once on that path (see the README).
 //!
-//! A backend whose sends are nothing but records in this database that
-//! cannot fail (the plain `database` engine) skips all three: one statement
-//! claims a batch and writes it sent with its records ([`run_batch`]).
+//! Replies the inbound batch wrote P under its own lease skip the claim:
+//! that worker calls [`complete`] (send, then finish) right after its commit.
+//! Every engine takes these same steps.
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -60,18 +60,7 @@ pub async fn claim(
     Ok(rows)
 }
 
-/// The claim: `sql/outbound_due.sql` (which rows are due), then what this
-/// statement does with them.
-const CLAIM_SQL: &str = concat!(
-    include_str!("../sql/outbound_due.sql"),
-    include_str!("../sql/outbound_claim.sql")
-);
-
-/// The batch written sent: the same start as [`CLAIM_SQL`], then its own.
-pub const WRITE_SENT_SQL: &str = concat!(
-    include_str!("../sql/outbound_due.sql"),
-    include_str!("../sql/outbound_write_sent.sql")
-);
+const CLAIM_SQL: &str = include_str!("../sql/outbound_claim.sql");
 
 async fn claim_on(
     conn: &mut PgConnection,
@@ -308,7 +297,7 @@ fn group_by_message(claimed: &[Claimed]) -> Vec<Vec<Claimed>> {
 /// until the transmission at fault is found, and that one is ended E alone.
 ///
 /// `record_as` is the backend's name when its engine's sends are written by
-/// this statement ([`crate::gateways::Backend::recorded_with_outcome`]).
+/// this statement ([`BackendEntry::recorded_as`]).
 pub async fn finish(
     pool: &PgPool,
     cfg: &WorkerConfig,
@@ -434,18 +423,6 @@ async fn record_outcomes(
     record_as: Option<&str>,
 ) -> std::result::Result<i64, sqlx::Error> {
     let mut conn = Conn::acquire(pool).await?;
-    let n = record_outcomes_on(conn.get(), cfg, token, c, record_as).await?;
-    conn.done().await?;
-    Ok(n)
-}
-
-async fn record_outcomes_on(
-    conn: &mut PgConnection,
-    cfg: &WorkerConfig,
-    token: i64,
-    c: &OutcomeArrays,
-    record_as: Option<&str>,
-) -> std::result::Result<i64, sqlx::Error> {
     let (n,): (i64,) = sqlx::query_as(include_str!("../sql/outbound_finish.sql"))
         .persistent(crate::db::prepared())
         .bind(token)
@@ -459,8 +436,9 @@ async fn record_outcomes_on(
         .bind(cfg.max_backoff.as_secs_f64())
         .bind(&c.retry_after)
         .bind(record_as)
-        .fetch_one(conn)
+        .fetch_one(conn.get())
         .await?;
+    conn.done().await?;
     Ok(n)
 }
 
@@ -488,22 +466,6 @@ pub async fn run_batch(
         });
     }
     let token: i64 = rand::random();
-    if entry.sends_by_writing(pipeline) && !entry.rate_limited {
-        match write_sent(pool, entry, token).await {
-            Ok(sent) => {
-                return Ok(Ran {
-                    claimed: sent,
-                    wait: None,
-                })
-            }
-            // A row the database refuses (hand-written counters, say) fails
-            // the whole statement; the long way isolates it and ends it E.
-            Err(e) if matches!(e, sqlx::Error::Database(_)) && !is_transient(&e) => {
-                tracing::warn!(backend = %entry.name, error = %e, "the database refused a batch written sent; sending it the long way");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
     let claimed_at = Instant::now();
     let (claimed, wait) = if entry.rate_limited {
         claim_limited(pool, entry.id, entry.batch_size, token, cfg.lease).await?
@@ -520,58 +482,6 @@ pub async fn run_batch(
         claimed: claimed.len(),
         wait,
     })
-}
-
-/// Claim a batch and write it sent with its records, in one statement, for
-/// a backend whose sends are only those records and cannot fail (see
-/// `sql/outbound_write_sent.sql`). Returns how many were sent.
-async fn write_sent(
-    pool: &PgPool,
-    entry: &BackendEntry,
-    token: i64,
-) -> std::result::Result<usize, sqlx::Error> {
-    let mut tx = pool.begin_with(crate::db::BEGIN_KEYED).await?;
-    let written = sqlx::query_as(WRITE_SENT_SQL)
-        .persistent(crate::db::prepared())
-        .bind(entry.id)
-        .bind(i64::from(entry.batch_size))
-        .bind(token)
-        .bind(&entry.name)
-        .fetch_one(&mut *tx)
-        .await;
-    let (sent,): (i64,) = match written {
-        Ok(row) => row,
-        Err(e) => {
-            // Rolled back before the caller goes the long way: the failed
-            // statement's claim holds its rows until then, and a dropped
-            // sqlx transaction only queues its ROLLBACK, so the long way's
-            // claim (SKIP LOCKED, another connection) could find them all
-            // still locked and claim nothing (seen: tests/bad_data.rs's
-            // refused outcome, 4 runs in 20, the worker idle with the
-            // batch queued). If the rollback fails the connection is gone,
-            // and its locks with it.
-            let _ = tx.rollback().await;
-            return Err(e);
-        }
-    };
-    tx.commit().await?;
-    tracing::debug!(backend = %entry.name, n = sent, "sent batch by writing it");
-    Ok(usize::try_from(sent).unwrap_or(0))
-}
-
-/// Run the written-sent batch once on a fresh connection with nothing to
-/// claim, inside `tx` (which the caller rolls back), for its prepared
-/// statement and generic plan (see `inbound::warm_up`).
-pub(crate) async fn warm_up(tx: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
-    let _: (i64,) = sqlx::query_as(WRITE_SENT_SQL)
-        .persistent(true)
-        .bind(0i32)
-        .bind(0i64)
-        .bind(0i64)
-        .bind("")
-        .fetch_one(&mut *tx)
-        .await?;
-    Ok(())
 }
 
 /// Act on what the gateway said about the backend itself: wait (every worker
@@ -625,27 +535,6 @@ async fn pause(pool: &PgPool, entry: &BackendEntry, error: &str) -> Result<()> {
     Ok(())
 }
 
-/// Send and record, inside the caller's transaction, transmissions of a
-/// backend whose sends are writes to this database
-/// ([`BackendEntry::records_in_database`]): the inbound transaction that
-/// wrote the replies also sends them, so they commit R, S and recorded
-/// together (one commit instead of two; nothing to hand over on a crash).
-/// Returns the outcomes, for [`slow_down_if_asked`] after the commit.
-pub async fn send_in_transaction(
-    conn: &mut PgConnection,
-    cfg: &WorkerConfig,
-    pipeline: &Pipeline,
-    entry: &BackendEntry,
-    token: i64,
-    claimed: &[Claimed],
-    deadline: Instant,
-) -> std::result::Result<Vec<(i64, Outcome)>, sqlx::Error> {
-    let outcomes = send(entry, pipeline, token, claimed, deadline).await;
-    let arrays = OutcomeArrays::new(&outcomes);
-    record_outcomes_on(conn, cfg, token, &arrays, Some(&entry.name)).await?;
-    Ok(outcomes)
-}
-
 /// Send transmissions this worker holds under lease `token` (taken at
 /// `claimed_at`) and record the outcomes.
 pub async fn complete(
@@ -658,16 +547,8 @@ pub async fn complete(
     claimed_at: Instant,
 ) -> Result<()> {
     let outcomes = send(entry, pipeline, token, claimed, claimed_at + cfg.lease / 2).await;
-    let record_as = entry.records_in_database().then_some(entry.name.as_str());
-    let recorded = finish(
-        pool,
-        cfg,
-        token,
-        &outcomes,
-        record_as,
-        claimed_at + cfg.lease,
-    )
-    .await?;
+    let give_up = claimed_at + cfg.lease;
+    let recorded = finish(pool, cfg, token, &outcomes, entry.recorded_as(), give_up).await?;
     slow_down_if_asked(pool, entry, &outcomes).await?;
     if recorded < outcomes.len() as u64 {
         tracing::warn!(

@@ -8,7 +8,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::apps::Pipeline;
 use crate::config::{check_lease, WorkerConfig};
 use crate::error::Result;
 use crate::gateways::{self, Backend};
@@ -49,30 +48,24 @@ impl BackendEntry {
         (until - Utc::now()).to_std().ok().filter(|d| !d.is_zero())
     }
 
-    /// Whether its engine's sends are writes to this database made in the
-    /// transaction that records them S (the `database` engine by default).
-    pub fn records_in_database(&self) -> bool {
+    /// The backend's name when its engine's sends are written by the
+    /// statement that records them S (the `database` engine,
+    /// [`crate::gateways::Backend::recorded_with_outcome`]); that is how an
+    /// outcome is recorded, not a path of its own.
+    pub fn recorded_as(&self) -> Option<&str> {
         self.engine_impl
             .as_ref()
             .is_ok_and(|b| b.recorded_with_outcome())
+            .then_some(self.name.as_str())
     }
 
-    /// Whether a send through it is nothing but a record in this database
-    /// that cannot fail ([`Backend::sends_by_writing`]) with nothing to run
-    /// before it (no app of `pipeline` has an outgoing phase): then replies
-    /// are inserted sent and queued rows are claimed and written sent in one
-    /// statement. The one place that rule is decided.
-    pub fn sends_by_writing(&self, pipeline: &Pipeline) -> bool {
-        !pipeline.has_outgoing()
-            && self
-                .engine_impl
-                .as_ref()
-                .is_ok_and(|b| b.sends_by_writing())
-    }
-
-    /// Whether replies to this backend may be sent by the worker that wrote
-    /// them, right after the commit, without a claim: only when nothing
-    /// (a rate limit, a Retry-After) says they must wait their turn.
+    /// The one delivery decision for a reply to this backend, made when the
+    /// inbound batch writes it: true, it is written P under the answering
+    /// worker's lease and sent by that worker right after the commit
+    /// (`inbound::run_batch`, then `outbound::complete`); false, it is
+    /// written Q and claimed like any outbound work (`outbound::run_batch`).
+    /// Only when nothing (a pause, a rate limit, a Retry-After) says it
+    /// must wait its turn. Every engine goes the same way.
     pub fn sends_replies_at_once(&self) -> bool {
         self.can_send() && !self.rate_limited && self.throttled_for().is_none()
     }

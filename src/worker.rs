@@ -102,7 +102,7 @@ pub struct Pass {
 /// The pool a worker process runs on: at most `max_connections`, opened
 /// lazily (a worker started while the database is down waits for it), and
 /// each new connection warmed up before its first use: the hot statements
-/// (inbound claim and write, the written-sent batch) run once with nothing
+/// (the inbound claim and write) run once with nothing
 /// to do in a transaction that is rolled back, so the first batches on a
 /// new connection (at start, and whenever the pool replaces one) are not
 /// the ones that pay for preparing and planning them. Skipped without
@@ -146,7 +146,6 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool> {
 async fn warm_up(conn: &mut PgConnection) -> sqlx::Result<()> {
     let mut tx = conn.begin_with(db::BEGIN_KEYED).await?;
     inbound::warm_up(&mut tx).await?;
-    outbound::warm_up(&mut tx).await?;
     tx.rollback().await
 }
 
@@ -235,11 +234,6 @@ impl Worker {
         let batch = inbound::run_batch(conn, &self.cfg, &self.pipeline, &send_now).await?;
         pass.claimed += batch.claimed;
         pass.full |= batch.claimed >= self.cfg.batch_size as usize;
-        for (backend_id, outcomes) in &batch.sent {
-            if let Some(entry) = send_now.get(backend_id) {
-                outbound::slow_down_if_asked(&self.pool, entry, outcomes).await?;
-            }
-        }
         if let Some(hand_off) = batch.hand_off {
             for (backend_id, replies) in &hand_off.replies {
                 let Some(entry) = send_now.get(backend_id) else {

@@ -245,12 +245,11 @@ async fn failed_identities_give_partial_success_and_retries_never_resend_sent_on
     db.drop().await;
 }
 
-/// A plain `database` backend claims and writes a batch sent in one
-/// statement; retries of transmissions that failed while it simulated
-/// failures go that way too once it stops, and the message's counters
-/// (the retried E taken back, the S added) come out right.
+/// Retries of transmissions that failed while a backend simulated failures
+/// go out once it stops, and the message's counters (the retried E taken
+/// back, the S added) come out right.
 #[tokio::test]
-async fn retries_written_sent_in_one_statement_keep_the_counters_right() {
+async fn retries_after_failures_keep_the_counters_right() {
     let db = TestDb::new().await;
     db.backend(
         "gw",

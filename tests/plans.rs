@@ -150,10 +150,6 @@ async fn inbound_batches_after_a_large_broadcast_probe_by_index() {
     .bind(Vec::<i64>::new())
     .bind(Vec::<Option<i64>>::new())
     .bind(60.0f64)
-    .bind(Vec::<Option<String>>::new())
-    .bind(Vec::<String>::new())
-    .bind(Vec::<Option<String>>::new())
-    .bind(1i64)
     .bind(&ids)
     .bind(&none)
     .bind(&none)
@@ -224,37 +220,11 @@ async fn the_generic_plan_of_the_mark_finds_messages_by_key_whatever_the_statist
     let db = after_a_large_broadcast().await;
     let mark = generic_plan(
         &db,
-        "bigint[], integer[], text[], bigint[], bigint[], float8, text[], text[], text[], bigint,
-         bigint[], text[], text[], text[]",
+        "bigint[], integer[], text[], bigint[], bigint[], float8, bigint[], text[], text[], text[]",
         include_str!("../sql/inbound_write.sql"),
     )
     .await;
     assert_mark_probes_by_key("the generic plan of the inbound mark", &mark);
-    db.drop().await;
-}
-
-/// The outbound batch written sent (`sql/outbound_write_sent.sql`, for a
-/// plain `database` backend) runs on the plan PostgreSQL caches for it, made
-/// without the batch size: it must reach every table by key. Planned for
-/// "10 % of the due rows", the statement as first written hash-joined its
-/// batch to a sequential scan of all transmissions and all connections (or,
-/// without sequential scans, merge-joined whole indexes), 60-75 ms a batch
-/// of 200.
-#[tokio::test]
-async fn the_generic_plan_of_the_batch_written_sent_finds_rows_by_key() {
-    let db = after_a_large_broadcast().await;
-    let plan = generic_plan(
-        &db,
-        "integer, bigint, bigint, text",
-        dbrouter::outbound::WRITE_SENT_SQL,
-    )
-    .await;
-    assert_probes_only("the batch written sent", &plan);
-    assert_by_key(
-        "the batch written sent",
-        &plan[0]["Plan"],
-        &["transmissions", "connections", "messages"],
-    );
     db.drop().await;
 }
 
@@ -277,8 +247,6 @@ async fn a_workers_new_connection_holds_its_plans_before_the_first_batch() {
     for statement in [
         include_str!("../sql/inbound_claim.sql"),
         include_str!("../sql/inbound_write.sql"),
-        // (its own part: the statement begins with sql/outbound_due.sql)
-        include_str!("../sql/outbound_write_sent.sql"),
     ] {
         let first_line = statement.lines().next().unwrap_or_default();
         assert!(
@@ -311,7 +279,7 @@ async fn a_workers_new_connection_holds_its_plans_before_the_first_batch() {
 
     // And the real batches run on those prepared statements (the warm-up
     // binds the same types): an inbound message answered, a queued
-    // outbound one written sent.
+    // outbound one sent.
     db.exec(
         "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('gw', '+255700000001', 'echo hi');
          INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('gw', '+255700000002', 'hello')",

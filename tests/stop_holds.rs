@@ -27,9 +27,9 @@ async fn sent_to(db: &TestDb) -> String {
     .await
 }
 
-/// `fixed`: the backend's config once the outage is over — `{}` (sent and
-/// recorded in the claim's own statement) or `own_commit` (claimed, sent,
-/// then finished: the path a gateway's messages take).
+/// `fixed`: the backend's config once the outage is over — `{}` (the send
+/// recorded by the statement that records the S) or `own_commit` (the send
+/// committed first, as a gateway's would be).
 async fn requeue_after_an_outage(fixed: serde_json::Value) {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({"fail": {"error": "down"}}), None)
@@ -119,12 +119,12 @@ async fn requeue_after_an_outage(fixed: serde_json::Value) {
 }
 
 #[tokio::test]
-async fn requeue_sends_only_what_failed_when_sent_in_the_claim() {
+async fn requeue_sends_only_what_failed_when_recorded_with_the_s() {
     requeue_after_an_outage(json!({})).await;
 }
 
 #[tokio::test]
-async fn requeue_sends_only_what_failed_when_claimed_then_sent() {
+async fn requeue_sends_only_what_failed_when_recorded_apart() {
     requeue_after_an_outage(json!({"own_commit": true})).await;
 }
 

@@ -213,10 +213,6 @@ impl Backend for Database {
         !self.config.own_commit
     }
 
-    fn sends_by_writing(&self) -> bool {
-        self.recorded_with_outcome() && self.config.fail.is_none() && self.config.delay.is_none()
-    }
-
     async fn send_batch(
         &self,
         reqs: &[SendRequest],

@@ -179,19 +179,6 @@ pub trait Backend: Send + Sync {
         false
     }
 
-    /// Whether every send of this engine succeeds at once, with no gateway
-    /// id, and is nothing but the record the worker writes (the `database`
-    /// engine without simulated failures or delays). A reply to such a
-    /// backend is written already S, with its record, by the statement that
-    /// creates it (`sql/inbound_write.sql`), and its queued transmissions
-    /// are claimed and written S by one statement
-    /// (`sql/outbound_write_sent.sql`): no lease, no second update. Only
-    /// while no app has an outgoing phase. Implies
-    /// [`Backend::recorded_with_outcome`].
-    fn sends_by_writing(&self) -> bool {
-        false
-    }
-
     /// Send every message of a batch in one call; one result per request, in
     /// order. Only called when [`Backend::sends_batches`] is true.
     async fn send_batch(
