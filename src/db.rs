@@ -42,14 +42,8 @@ pub fn prepared() -> bool {
 /// PostgreSQL re-planned the replies and the mark on every call (0.5-0.7 ms
 /// each on the latency path). (The outbound claim keeps custom plans: its
 /// generic plan cannot see `LIMIT $2`.)
-///
-/// `dbrouter.refs_checked`: the transmissions these transactions insert (the
-/// replies) are built from the message they answer, which the claim holds
-/// locked, and its sender's connection, so the per-statement reference check
-/// is skipped for them (migrations/0006_trusted_writers.sql).
 pub const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL jit = off; \
-                               SET LOCAL plan_cache_mode = force_generic_plan; \
-                               SET LOCAL dbrouter.refs_checked = on";
+                               SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// A pooled connection for one worker statement. With prepared statements off
 /// it holds a transaction: sqlx parses a statement and executes it in two
@@ -193,6 +187,7 @@ mod tests {
             (6, "c29891749aebb1c762d8cf77db2a79bfcfdf4a1d6fda2896c878db1deab697b61176bbc47dc5b289aaac4c82883c0111"),
             (7, "74c8fcf0c03e152910a3dbd3fe3668ddc7475f17f54ebb31fa8c8b08ff47ece51f20ddd3dfe59267ee750eb1789fc2d9"),
             (8, "aa2e8a5e55ed7ab2a13f7fde50fdc74f61151077ece81bf64635388f4ff545ef5a38a3e9fd0013f972f3c49a385a6c1a"),
+            (9, "55ece307d5c845a5d097c90c37524dcd8b2cb7cbfb49536ddf4791191cd0feff52e5f8a938fd0d3db82885e76e3b4a62"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR

@@ -102,40 +102,44 @@ async fn an_outcome_the_database_refuses_ends_that_transmission_e_alone() {
     db.drop().await;
 }
 
-/// dbrouter's own writers build each transmission from rows they have just
-/// written or hold locked, so the transmissions' reference check is skipped
-/// for them (migration 0006): with a check that refuses everything, the
-/// inbox, the outbox, broadcast() and a worker's replies all still go
-/// through, and hand-written SQL is still checked.
+/// The transmissions' reference check runs for every statement that
+/// inserts them, dbrouter's own writers included, and no session can switch
+/// it off (migration 0009 removed the setting that let one skip it).
 #[tokio::test]
-async fn only_hand_written_transmissions_go_through_the_reference_check() {
+async fn every_writer_goes_through_the_reference_check() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
+    // The check, counting its runs (and letting every row through).
     db.exec(
-        "CREATE OR REPLACE FUNCTION dbrouter.transmissions_check_refs() RETURNS trigger
-         LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'tripwire'; END $$",
+        "CREATE TABLE public.check_runs (n integer);
+         CREATE OR REPLACE FUNCTION dbrouter.transmissions_check_refs() RETURNS trigger
+         LANGUAGE plpgsql AS $$ BEGIN INSERT INTO public.check_runs VALUES (1); RETURN NULL; END $$",
     )
     .await;
+    let runs = || db.scalar_i64("SELECT count(*) FROM public.check_runs");
     db.exec("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('gw', '+1', 'echo hi')")
         .await;
+    assert_eq!(runs().await, 1, "the inbox");
     db.exec("INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('gw', '+2', 'hello')")
         .await;
+    assert_eq!(runs().await, 2, "the outbox");
     db.broadcast("gw", &["+3".to_string(), "+4".to_string()], "all")
         .await;
+    assert_eq!(runs().await, 3, "broadcast()");
     db.worker(test_config()).await.drain().await.unwrap();
-    assert_eq!(
-        db.message_states().await,
-        "IR1,OS3",
-        "the inbound message answered; its reply, the outbox message and the broadcast sent"
-    );
-    let e = sqlx::query(
-        "INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id)
-         SELECT id, 888888, 1 FROM dbrouter.messages WHERE direction = 'I'",
+    assert_eq!(runs().await, 4, "the worker's replies");
+    assert_eq!(db.message_states().await, "IR1,OS3");
+    // The setting that once skipped it changes nothing.
+    sqlx::raw_sql(
+        "BEGIN; SET LOCAL dbrouter.refs_checked = on;
+         INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id)
+         SELECT id, 888888, 1 FROM dbrouter.messages WHERE direction = 'I';
+         COMMIT",
     )
     .execute(&db.pool)
     .await
-    .unwrap_err();
-    assert!(e.to_string().contains("tripwire"), "{e}");
+    .unwrap();
+    assert_eq!(runs().await, 5, "a session cannot skip it");
     db.drop().await;
 }
 
