@@ -109,9 +109,11 @@ pub fn with_database(url: &str, db: &str) -> String {
     }
 }
 
-/// Apply every migration not yet applied.
+/// Apply every migration not yet applied, then the schema files that changed
+/// (`schema.rs`).
 pub async fn migrate(pool: &PgPool) -> Result<()> {
     MIGRATOR.run(pool).await?;
+    crate::schema::apply(pool).await?;
     Ok(())
 }
 
@@ -188,6 +190,7 @@ mod tests {
             (7, "74c8fcf0c03e152910a3dbd3fe3668ddc7475f17f54ebb31fa8c8b08ff47ece51f20ddd3dfe59267ee750eb1789fc2d9"),
             (8, "aa2e8a5e55ed7ab2a13f7fde50fdc74f61151077ece81bf64635388f4ff545ef5a38a3e9fd0013f972f3c49a385a6c1a"),
             (9, "55ece307d5c845a5d097c90c37524dcd8b2cb7cbfb49536ddf4791191cd0feff52e5f8a938fd0d3db82885e76e3b4a62"),
+            (10, "6598c6b647fa3f675638a5c689aa07ed0f48ac22d01b9600f9b11b2ab5ccb99e802c32c3a822c31e688808629af8e21c"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR

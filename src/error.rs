@@ -7,6 +7,11 @@ pub enum Error {
     Db(#[from] sqlx::Error),
     #[error("could not migrate the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("could not migrate the database: schema/{file} failed: {error}")]
+    SchemaFile {
+        file: &'static str,
+        error: sqlx::Error,
+    },
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("{0}")]

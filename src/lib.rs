@@ -2,7 +2,8 @@
 //!
 //! A message's path through the code:
 //! - it is enqueued by SQL (`dbrouter.inbox`, `dbrouter.outbox`,
-//!   `dbrouter.broadcast()`; see `migrations/`), which wakes the workers;
+//!   `dbrouter.broadcast()`; tables in `migrations/`, functions in
+//!   `schema/`), which wakes the workers;
 //! - [`worker`] runs lanes that each loop over [`inbound`] (claim queued
 //!   inbound messages, run the [`apps`], write replies, mark R/E) and
 //!   [`outbound`] (claim due transmissions per backend, send them through a
@@ -24,6 +25,7 @@ pub mod invariants;
 pub mod listen;
 pub mod outbound;
 pub mod registry;
+pub mod schema;
 pub mod serve;
 pub mod worker;
 

@@ -32,6 +32,13 @@ fn base_url() -> String {
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        let db = TestDb::empty().await;
+        dbrouter::db::migrate(&db.pool).await.expect("migrate");
+        db
+    }
+
+    /// A fresh database, not migrated.
+    pub async fn empty() -> TestDb {
         let base = base_url();
         let admin = dbrouter::db::connect(&base, 1)
             .await
@@ -51,7 +58,6 @@ impl TestDb {
         let pool = dbrouter::db::connect(&url, 20)
             .await
             .expect("connect to test database");
-        dbrouter::db::migrate(&pool).await.expect("migrate");
         TestDb { pool, url, name }
     }
 
