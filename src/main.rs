@@ -299,13 +299,14 @@ async fn main() -> Result<()> {
             cfg.validate()?;
             db::set_prepared_statements(!args.no_prepared_statements);
             let max = u32::try_from(cfg.concurrency * 2 + 4).unwrap_or(u32::MAX);
-            let pool = dbrouter::worker::connect_lazy(&cli.database_url, max)
+            let health = std::sync::Arc::new(dbrouter::connections::Health::default());
+            let pool = dbrouter::connections::connect_lazy(&cli.database_url, max, health.clone())
                 .context("DATABASE_URL is not a valid URL")?;
             let settings = AppSettings {
                 default_reply: args.default_reply.clone(),
             };
             let pipeline = Pipeline::from_names(&args.apps, &pool, &settings)?;
-            let Some(worker) = start_worker(pool, cfg, pipeline, &shutdown).await? else {
+            let Some(worker) = start_worker(pool, health, cfg, pipeline, &shutdown).await? else {
                 return Ok(());
             };
             if args.exit_when_idle {
@@ -478,13 +479,14 @@ async fn main() -> Result<()> {
 /// `None` when shut down before the database came back.
 async fn start_worker(
     pool: sqlx::PgPool,
+    health: std::sync::Arc<dbrouter::connections::Health>,
     cfg: WorkerConfig,
     pipeline: Pipeline,
     shutdown: &CancellationToken,
 ) -> Result<Option<std::sync::Arc<Worker>>> {
     let mut pause = Duration::from_millis(200);
     loop {
-        match Worker::new(pool.clone(), cfg.clone(), pipeline.clone()).await {
+        match Worker::new(pool.clone(), health.clone(), cfg.clone(), pipeline.clone()).await {
             Ok(w) => return Ok(Some(w)),
             Err(dbrouter::Error::Db(e)) if db::is_transient(&e) => {
                 tracing::warn!(error = %e, retry_in = ?pause, "database not reachable yet; waiting for it");

@@ -15,24 +15,26 @@
 //! are woken to look. A rate-limited or throttled backend makes the lane
 //! wait only until its next token (or the end of the Retry-After).
 //!
-//! About once a second each worker also sweeps expired and cancelled
-//! transmissions (E "expired"/"cancelled"); the claim never takes them.
+//! About once a second each worker also does its housekeeping
+//! (`housekeeping.rs`: expiry, delivery reports).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{Mutex, Notify, RwLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::apps::Pipeline;
 use crate::config::WorkerConfig;
-use crate::db::{self, Conn};
+use crate::connections::Health;
+use crate::db;
 use crate::error::Result;
+use crate::housekeeping::{self, Housekeeping};
 use crate::registry::{self, BackendEntry};
 use crate::{fanout, inbound, outbound};
 
@@ -53,38 +55,10 @@ pub struct Worker {
     /// found none (so passes do not ask when there is nothing).
     fanouts: AtomicBool,
     next_backend: AtomicUsize,
-    swept_at: Mutex<Option<Instant>>,
+    housekeeping: Housekeeping,
+    /// Its pool's connection health (`connections::connect_lazy`).
+    health: Arc<Health>,
 }
-
-/// A pooled connection idle this long is pinged before use (connect_lazy).
-const PING_IF_IDLE: Duration = Duration::from_secs(1);
-/// After a connection was found dead, every connection is pinged before
-/// use for this long: its pool mates probably died with it (a restart, a
-/// cut), and each would otherwise fail a batch of its own.
-const PING_ALL_FOR: Duration = Duration::from_secs(10);
-
-/// Until when (milliseconds on [`CLOCK`]) every pooled connection is pinged.
-static PING_ALL_UNTIL: AtomicU64 = AtomicU64::new(0);
-static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-fn clock_ms() -> u64 {
-    u64::try_from(CLOCK.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A connection of this process was found dead: ping them all for a while.
-fn suspect_connections() {
-    let until = clock_ms().saturating_add(PING_ALL_FOR.as_millis() as u64);
-    PING_ALL_UNTIL.store(until, Ordering::Relaxed);
-}
-
-fn pinging_all() -> bool {
-    clock_ms() < PING_ALL_UNTIL.load(Ordering::Relaxed)
-}
-
-/// How often each worker runs the expiry sweep.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// Transmissions ended per sweep statement.
-const SWEEP_LIMIT: i32 = 1000;
 
 /// What one pass over the queues found.
 #[derive(Debug, Default, Clone, Copy)]
@@ -99,59 +73,17 @@ pub struct Pass {
     pub wait: Option<Duration>,
 }
 
-/// The pool a worker process runs on: at most `max_connections`, opened
-/// lazily (a worker started while the database is down waits for it), and
-/// each new connection warmed up before its first use: the hot statements
-/// (the inbound claim and write) run once with nothing
-/// to do in a transaction that is rolled back, so the first batches on a
-/// new connection (at start, and whenever the pool replaces one) are not
-/// the ones that pay for preparing and planning them. Skipped without
-/// prepared statements (behind PgBouncer the next transaction may get
-/// another server connection); a warm-up that fails is logged and the
-/// connection used as it is.
-///
-/// A connection is pinged before use only when it sat idle in the pool for
-/// a second or more (sqlx pings every time by default): under traffic the
-/// ping was one more round trip before every batch, on the latency path
-/// too, and a connection in use a moment ago is rarely the one that died.
-/// One that died anyway (the server restarted within the second) fails its
-/// batch's first statement: that batch's transaction is gone with it, the
-/// lane retries (a batch's outcomes are written again at once, on another
-/// connection), sqlx drops the dead one when it comes back to the pool,
-/// and for the next 10 s every connection is pinged again (so does a lost
-/// LISTEN connection), so its pool mates are found out before use.
-pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool> {
-    Ok(db::pool_options(max_connections)
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                // Ok(false): closed and another taken, without a warning.
-                let trusted = meta.idle_for < PING_IF_IDLE && !pinging_all();
-                Ok(trusted || conn.ping().await.is_ok())
-            })
-        })
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                if db::prepared() {
-                    if let Err(e) = warm_up(conn).await {
-                        tracing::debug!(error = %e, "connection warm-up failed; going on without it");
-                    }
-                }
-                Ok(())
-            })
-        })
-        .connect_lazy_with(db::connect_options(url)?))
-}
-
-async fn warm_up(conn: &mut PgConnection) -> sqlx::Result<()> {
-    let mut tx = conn.begin_with(db::BEGIN_KEYED).await?;
-    inbound::warm_up(&mut tx).await?;
-    tx.rollback().await
-}
-
 impl Worker {
     /// Validate the settings and load the backends.
-    pub async fn new(pool: PgPool, cfg: WorkerConfig, pipeline: Pipeline) -> Result<Arc<Self>> {
+    /// `health` is the one its pool was made with
+    /// ([`crate::connections::connect_lazy`]), so that a connection found
+    /// dead has the pool ping the others.
+    pub async fn new(
+        pool: PgPool,
+        health: Arc<Health>,
+        cfg: WorkerConfig,
+        pipeline: Pipeline,
+    ) -> Result<Arc<Self>> {
         cfg.validate()?;
         let backends = registry::load(&pool, &cfg, &[]).await?;
         Ok(Arc::new(Worker {
@@ -164,7 +96,8 @@ impl Worker {
             wake: Notify::new(),
             fanouts: AtomicBool::new(true),
             next_backend: AtomicUsize::new(0),
-            swept_at: Mutex::new(None),
+            housekeeping: Housekeeping::default(),
+            health,
         }))
     }
 
@@ -192,15 +125,15 @@ impl Worker {
         Ok(())
     }
 
-    /// Expiry sweep and delivery reports, off the lanes' path (so a message
-    /// never waits behind them), about once a second.
+    /// Expiry sweep and delivery reports (`housekeeping.rs`), about once a
+    /// second, off the lanes' path.
     async fn housekeeping(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            if let Err(e) = self.sweep_expired().await {
+            if let Err(e) = self.housekeeping.run_if_due(&self.pool).await {
                 tracing::warn!(error = %e, "housekeeping failed; will retry");
             }
             tokio::select! {
-                _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                _ = tokio::time::sleep(housekeeping::INTERVAL) => {}
                 _ = shutdown.cancelled() => return,
             }
         }
@@ -211,7 +144,7 @@ impl Worker {
         let mut total = 0;
         self.fanouts.store(true, Ordering::Release);
         loop {
-            self.sweep_expired().await?;
+            self.housekeeping.run_if_due(&self.pool).await?;
             let pass = self.work_once().await?;
             total += pass.claimed;
             if pass.claimed == 0 && pass.expanded == 0 {
@@ -286,55 +219,6 @@ impl Worker {
         Ok(pass)
     }
 
-    /// End transmissions whose deadline passed or whose message was
-    /// cancelled, and apply delivery reports, at most once per
-    /// SWEEP_INTERVAL per worker.
-    async fn sweep_expired(&self) -> Result<()> {
-        {
-            let mut at = self.swept_at.lock().await;
-            if at.is_some_and(|t| t.elapsed() < SWEEP_INTERVAL) {
-                return Ok(());
-            }
-            *at = Some(Instant::now());
-        }
-        let expired = self
-            .in_batches(include_str!("../sql/expire_due.sql"))
-            .await?;
-        if expired > 0 {
-            tracing::info!(n = expired, "ended expired or cancelled transmissions");
-        }
-        // Delivery reports `dbrouter serve` recorded.
-        let applied = self
-            .in_batches(include_str!("../sql/apply_receipts.sql"))
-            .await?;
-        if applied > 0 {
-            tracing::debug!(n = applied, "applied delivery reports");
-        }
-        Ok(())
-    }
-
-    /// Run `sql` (taking a batch limit, returning how many it handled)
-    /// until a batch comes back short: a burst (an outage's backlog) is
-    /// cleared in a few statements; anything past ten waits for the next
-    /// round. Returns the total.
-    async fn in_batches(&self, sql: &'static str) -> Result<i64> {
-        let mut total = 0;
-        for _ in 0..10 {
-            let mut conn = Conn::acquire(&self.pool).await?;
-            let (n,): (i32,) = sqlx::query_as(sql)
-                .persistent(crate::db::prepared())
-                .bind(SWEEP_LIMIT)
-                .fetch_one(conn.get())
-                .await?;
-            conn.done().await?;
-            total += i64::from(n);
-            if n < SWEEP_LIMIT {
-                break;
-            }
-        }
-        Ok(total)
-    }
-
     async fn refresh_backends(&self) -> Result<()> {
         let mut loaded_at = self.loaded_at.lock().await;
         let dirty = self.config_dirty.swap(false, Ordering::AcqRel);
@@ -387,7 +271,7 @@ impl Worker {
                 }
                 Err(e) => {
                     if matches!(&e, crate::error::Error::Db(db) if db::is_transient(db)) {
-                        suspect_connections();
+                        self.health.suspect();
                     }
                     failures = failures.saturating_add(1);
                     let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
@@ -450,14 +334,14 @@ impl Worker {
                             }
                         }
                         Ok(None) => {
-                            suspect_connections();
+                            self.health.suspect();
                             tracing::warn!("listener connection lost; reconnected");
                             self.config_dirty.store(true, Ordering::Release);
                             self.fanouts.store(true, Ordering::Release);
                             self.wake_lanes();
                         }
                         Err(e) => {
-                            suspect_connections();
+                            self.health.suspect();
                             tracing::warn!(error = %e, "listener failed; reconnecting");
                             break;
                         }

@@ -335,6 +335,7 @@ async fn replies_arrive_exactly_as_given() {
     .await;
     let worker = dbrouter::worker::Worker::new(
         strict.clone(),
+        Default::default(),
         test_config(),
         dbrouter::apps::Pipeline::new(vec![Arc::new(Tricky)]),
     )
@@ -454,9 +455,10 @@ async fn keyword_app_replies_from_the_keywords_table() {
         },
     )
     .unwrap();
-    let worker = dbrouter::worker::Worker::new(db.pool.clone(), test_config(), pipeline)
-        .await
-        .unwrap();
+    let worker =
+        dbrouter::worker::Worker::new(db.pool.clone(), Default::default(), test_config(), pipeline)
+            .await
+            .unwrap();
     worker.drain().await.unwrap();
     assert_eq!(
         db.scalar_str(

@@ -635,11 +635,12 @@ async fn lease_shorter_than_twice_the_timeout_is_refused() {
     let mut cfg = test_config();
     cfg.lease = Duration::from_secs(5);
     cfg.send_timeout = Duration::from_secs(3);
-    let err = dbrouter::worker::Worker::new(db.pool.clone(), cfg, Default::default())
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let err =
+        dbrouter::worker::Worker::new(db.pool.clone(), Default::default(), cfg, Default::default())
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
     assert!(err.contains("must be at least twice"), "{err}");
     // A backend whose own timeout breaks the rule is reported, not used.
     db.backend("slow", "database", json!({"timeout": "1m"}), None)

@@ -228,7 +228,7 @@ async fn the_generic_plan_of_the_mark_finds_messages_by_key_whatever_the_statist
     db.drop().await;
 }
 
-/// A worker's pool warms each new connection up (`worker::connect_lazy`):
+/// A worker's pool warms each new connection up (`connections::connect_lazy`):
 /// before its first batch, the connection already holds the hot statements
 /// prepared with their generic plans (cold, the first batch on each
 /// connection paid ~5 ms for them, which set the bench's latency p99), and
@@ -237,7 +237,7 @@ async fn the_generic_plan_of_the_mark_finds_messages_by_key_whatever_the_statist
 async fn a_workers_new_connection_holds_its_plans_before_the_first_batch() {
     let db = TestDb::new().await;
     db.backend("gw", "database", json!({}), None).await;
-    let pool = dbrouter::worker::connect_lazy(&db.url, 2).unwrap();
+    let pool = dbrouter::connections::connect_lazy(&db.url, 2, Default::default()).unwrap();
     let mut conn = pool.acquire().await.unwrap();
     let prepared: Vec<(String, i64)> =
         sqlx::query_as("SELECT statement, generic_plans FROM pg_prepared_statements")

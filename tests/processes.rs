@@ -357,12 +357,12 @@ async fn replies_handed_to_a_worker_that_dies_are_sent_by_another_after_the_leas
 }
 
 /// A worker's pool pings a connection only after it sat idle for a second
-/// (worker::connect_lazy): one that died while idle that long is replaced
+/// (connections::connect_lazy): one that died while idle that long is replaced
 /// before use, not handed to a batch to fail on.
 #[tokio::test]
 async fn a_connection_that_died_while_idle_is_replaced_before_use() {
     let db = TestDb::new().await;
-    let pool = dbrouter::worker::connect_lazy(&db.url, 1).unwrap();
+    let pool = dbrouter::connections::connect_lazy(&db.url, 1, Default::default()).unwrap();
     let (before,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
         .fetch_one(&pool)
         .await

@@ -27,7 +27,7 @@ async fn inbound_batches_and_their_poison_isolation_run_without_named_statements
     let mut cfg = test_config();
     cfg.batch_size = 3;
     let apps: Vec<Arc<dyn App>> = vec![Arc::new(PoisonReply), Arc::new(Echo)];
-    let worker = Worker::new(pool.clone(), cfg, Pipeline::new(apps))
+    let worker = Worker::new(pool.clone(), Default::default(), cfg, Pipeline::new(apps))
         .await
         .unwrap();
     worker.drain().await.unwrap();

@@ -151,6 +151,7 @@ impl TestDb {
     pub async fn worker_on(&self, pool: &PgPool) -> Arc<Worker> {
         Worker::new(
             pool.clone(),
+            Default::default(),
             test_config(),
             Pipeline::new(vec![Arc::new(Echo)]),
         )
@@ -159,9 +160,14 @@ impl TestDb {
     }
 
     pub async fn worker_with(&self, cfg: WorkerConfig, apps: Vec<Arc<dyn App>>) -> Arc<Worker> {
-        Worker::new(self.pool.clone(), cfg, Pipeline::new(apps))
-            .await
-            .expect("start worker")
+        Worker::new(
+            self.pool.clone(),
+            Default::default(),
+            cfg,
+            Pipeline::new(apps),
+        )
+        .await
+        .expect("start worker")
     }
 
     /// How many messages are in each direction and status, e.g. "IR1,OS3".
