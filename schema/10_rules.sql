@@ -90,7 +90,7 @@ AS $function$
         END)
 $function$;
 
--- The E.164 rules of 0002's normalize_identity, on their own.
+-- The E.164 rules of normalize_identity (below), on their own.
 CREATE OR REPLACE FUNCTION dbrouter.e164_identity(identity text, country_code text)
  RETURNS text
  LANGUAGE sql

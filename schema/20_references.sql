@@ -88,9 +88,10 @@ CREATE OR REPLACE TRIGGER connections_refuse_reference_change BEFORE UPDATE OF i
 
 CREATE OR REPLACE TRIGGER transmissions_refuse_reference_change BEFORE UPDATE OF message_id, connection_id, backend_id ON dbrouter.transmissions FOR EACH ROW EXECUTE FUNCTION dbrouter.refuse_reference_change();
 
--- A message with parts still waiting cannot be deleted (its row is what the
--- parts will refer to), like one with transmissions; the check is the same
--- statement-level trigger (0004), now asking both tables.
+-- Deleting a message with transmissions or with parts still waiting (its
+-- row is what the parts will refer to), or a connection with
+-- transmissions, is refused: one statement-level check over the deleted
+-- rows.
 CREATE OR REPLACE FUNCTION dbrouter.refuse_referenced_delete()
  RETURNS trigger
  LANGUAGE plpgsql

@@ -155,12 +155,12 @@ $function$;
 
 CREATE OR REPLACE TRIGGER outbox_drain AFTER INSERT ON dbrouter.outbox REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION dbrouter.outbox_drain();
 
--- broadcast(): as in 0004 up to the message's insert; then the identities
--- go to dbrouter.fanouts, and a broadcast of one part (up to 1,000) expands
--- it at once, a larger one leaves its parts to the workers. Its ANALYZE
--- (for 10,000 or more) moved to their expansion (fan_out, above): the rows
--- it was for do not exist yet when it returns. The settings 0005 and 0006 gave it
--- are restated (CREATE OR REPLACE keeps them only if given again).
+-- broadcast(): checks and normalises every identity (bad input fails the
+-- call and writes nothing), writes the message, and stores the distinct
+-- identities in dbrouter.fanouts in sorted parts of 1,000. A broadcast of
+-- one part expands it at once; a larger one leaves its parts to the
+-- workers (fan_out, below), and returns. Returns the message id (the first
+-- message's for a repeated client_key).
 CREATE OR REPLACE FUNCTION dbrouter.broadcast(backend text, identities text[], text text, send_at timestamp with time zone DEFAULT NULL::timestamp with time zone, expires_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, client_key text DEFAULT NULL::text)
  RETURNS bigint
  LANGUAGE plpgsql
@@ -248,9 +248,8 @@ $function$;
 -- (dbrouter.fanouts_waiting and `dbrouter status` show it).
 --
 -- With its 10th part (10,000 identities in), a broadcast's expansion ends
--- with ANALYZE dbrouter.transmissions, as broadcast() itself did for
--- audiences of 10,000 or more (0004): the claims' plans are made again for
--- the many rows now in flight. Without the right to analyze the table it is
+-- with ANALYZE dbrouter.transmissions, so the claims' plans are made again
+-- for the many rows now in flight. Without the right to analyze the table it is
 -- only a warning.
 CREATE OR REPLACE FUNCTION dbrouter.fan_out(p_parts integer DEFAULT 1)
  RETURNS integer

@@ -85,8 +85,9 @@ AS $function$
      WHERE id = dbrouter.backend_id(p_backend)
 $function$;
 
--- cancel_message(): as in 0002, and the parts still waiting end E
--- "cancelled" too. The parts are locked first (waiting for any a worker is
+-- cancel_message(): the message's unsent transmissions end E "cancelled"
+-- at once (ones being sent finish as the gateway answers), and so do its
+-- parts still waiting. The parts are locked first (waiting for any a worker is
 -- expanding now, whose transmissions are then ended with the others), so
 -- no worker expands one after the unsent were ended; they are expanded
 -- last, once the message is marked cancelled, straight into E. Returns how

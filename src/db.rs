@@ -13,6 +13,12 @@ use crate::error::Result;
 /// The schema migrations in `migrations/`, embedded at compile time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// The one process-wide setting left (issue 17 removed the others): set
+/// once at startup from `--no-prepared-statements`, read by every worker
+/// statement. Threading it through each call instead (the pool cannot carry
+/// it: sqlx's statement cache set to 0 still prepares named statements, and
+/// leaks them) would add a parameter to some 30 functions for a flag that
+/// never changes while the process runs.
 static PREPARED: AtomicBool = AtomicBool::new(true);
 
 /// Whether worker queries use named (cached) prepared statements. PgBouncer
