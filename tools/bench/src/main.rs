@@ -63,6 +63,11 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench.json")]
     json: String,
+    /// SQL run on every fresh database right after the migrate, for trying
+    /// a schema change out (an index, a fillfactor) before writing it as a
+    /// migration.
+    #[arg(long)]
+    setup_sql: Option<String>,
     /// The stand-in gateway's sendsms URL (set once it is listening).
     #[arg(skip)]
     gateway_url: String,
@@ -161,6 +166,12 @@ async fn fresh_db(args: &Args, what: &str, via: Via) -> Result<(PgPool, String)>
     let url = dbrouter::db::with_database(&args.database_url, &name);
     let pool = dbrouter::db::connect(&url, 8).await?;
     dbrouter::db::migrate(&pool).await?;
+    if let Some(sql) = &args.setup_sql {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&pool)
+            .await
+            .context("--setup-sql failed")?;
+    }
     // Without a dlr_url (no delivery reports asked for), so the engine sends
     // a broadcast 100 identities per sendsms call; with one it makes a call
     // per identity (docs/BENCHMARKS.md has both figures).
