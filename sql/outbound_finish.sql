@@ -61,7 +61,7 @@ WITH outcome AS (
     SELECT id, attempt, coalesce(error, 'unknown error'), due_at IS NULL, status = 'Q'
       FROM done WHERE status IN ('E', 'Q')  -- Q here: requeued after a refusal
 ), calls AS (
-    -- The `database` engine's send (backends/database.rs), written here so
+    -- The `database` engine's send (gateways/database.rs), written here so
     -- it commits with the S it records: exactly once, never for a row this
     -- batch no longer owns. One call id per message, as with a gateway: the
     -- k-th message of the batch (dense_rank below) gets the k-th id drawn

@@ -19,7 +19,8 @@ async fn dump(db: &TestDb) -> String {
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    let pg_dump = std::env::var("PGBIN")
+    // bin/test names the throwaway cluster's binaries; else the server's.
+    let pg_dump = std::env::var("DBROUTER_TEST_PGBIN")
         .map(|d| Path::new(&d).join("pg_dump"))
         .ok()
         .filter(|p| p.is_file())

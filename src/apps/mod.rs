@@ -218,11 +218,6 @@ impl Pipeline {
         Ok(Verdict::Replies(std::mem::take(&mut msg.responses)))
     }
 
-    /// Whether some app has an outgoing phase.
-    pub fn has_outgoing(&self) -> bool {
-        self.apps.iter().any(|a| a.has_outgoing())
-    }
-
     /// Run the outgoing phase (apps in reverse order). `Ok(Some(app))` means
     /// that app cancelled the send.
     pub async fn outgoing(&self, msg: &OutgoingMessage) -> Result<Option<String>, AppError> {
