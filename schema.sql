@@ -73,29 +73,7 @@ BEGIN
          WHERE t.id = x.id
            AND ((x.outcome = 'D' AND x.was IN ('S', 'E'))
              OR (x.outcome = 'E' AND x.was = 'S'))
-        RETURNING t.message_id, x.was, x.outcome
-    ), deltas AS (
-        SELECT message_id,
-               -- done: S/D count; error: E count; delivered: D count
-               sum(CASE WHEN was = 'E' THEN 1 WHEN outcome = 'E' THEN -1 ELSE 0 END)::integer AS done,
-               sum(CASE WHEN was = 'E' THEN -1 WHEN outcome = 'E' THEN 1 ELSE 0 END)::integer AS error,
-               count(*) FILTER (WHERE outcome = 'D')::integer AS delivered
-          FROM changed GROUP BY message_id
-    ), locked AS (
-        SELECT m.id, d.done, d.error, d.delivered
-          FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
-         ORDER BY m.id FOR UPDATE OF m
-    ), rolled AS (
-        UPDATE dbrouter.messages m
-           SET n_done = m.n_done + l.done,
-               n_error = m.n_error + l.error,
-               n_delivered = m.n_delivered + l.delivered,
-               status = dbrouter.rollup(m.n_total, m.n_error + l.error, m.n_done + l.done,
-                                        m.n_delivered + l.delivered),
-               delivered_at = CASE WHEN m.n_delivered + l.delivered = m.n_total THEN now()
-                                   ELSE m.delivered_at END,
-               updated_at = now()
-          FROM locked l WHERE m.id = l.id
+        RETURNING t.id
     ), verdict AS (
         SELECT p.id,
                -- a transmission id that is not an outbound transmission of
@@ -418,35 +396,21 @@ DECLARE
     n integer;
 BEGIN
     WITH old AS (
-        SELECT t.id, t.status
+        SELECT t.id
           FROM dbrouter.transmissions t
          WHERE t.id = ANY (p_ids) AND t.due_at IS NOT NULL
            AND (t.status <> 'P' OR t.due_at <= now())
          ORDER BY t.id
            FOR UPDATE
-    ), ended AS (
-        UPDATE dbrouter.transmissions t
-           SET status = 'E', due_at = NULL, lease_token = NULL, updated_at = now(),
-               last_error = coalesce(p_reason,
-                   (SELECT CASE WHEN m.cancelled_at IS NOT NULL THEN 'cancelled' ELSE 'expired' END
-                      FROM dbrouter.messages m WHERE m.id = t.message_id))
-          FROM old
-         WHERE t.id = old.id
-        RETURNING t.message_id, old.status AS was
-    ), deltas AS (
-        SELECT message_id, count(*) FILTER (WHERE was <> 'E')::integer AS failed, count(*) AS how_many
-          FROM ended GROUP BY message_id
-    ), locked AS (
-        SELECT m.id, d.failed FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
-         ORDER BY m.id FOR UPDATE OF m
-    ), rolled AS (
-        UPDATE dbrouter.messages m
-           SET n_error = m.n_error + l.failed,
-               status = dbrouter.rollup(m.n_total, m.n_error + l.failed, m.n_done, m.n_delivered),
-               updated_at = now()
-          FROM locked l WHERE m.id = l.id
     )
-    SELECT coalesce(sum(how_many), 0) INTO n FROM deltas;
+    UPDATE dbrouter.transmissions t
+       SET status = 'E', due_at = NULL, lease_token = NULL, updated_at = now(),
+           last_error = coalesce(p_reason,
+               (SELECT CASE WHEN m.cancelled_at IS NOT NULL THEN 'cancelled' ELSE 'expired' END
+                  FROM dbrouter.messages m WHERE m.id = t.message_id))
+      FROM old
+     WHERE t.id = old.id;
+    GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
 $$;
@@ -503,7 +467,6 @@ DECLARE
     f dbrouter.fanouts%ROWTYPE;
     m dbrouter.messages%ROWTYPE;
     v_written integer;
-    v_failed integer;
 BEGIN
     SELECT * INTO f FROM dbrouter.fanouts WHERE message_id = p_message_id AND part = p_part;
     IF NOT FOUND THEN
@@ -525,31 +488,21 @@ BEGIN
         ON CONFLICT DO NOTHING;
     END;
 
-    WITH ins AS (
-        INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status, due_at,
-                                            priority, expires_at, last_error)
-        SELECT m.id, c.id, f.backend_id, x.status,
-               CASE WHEN x.status = 'Q' THEN greatest(now(), m.send_at) END,
-               m.priority, m.expires_at, x.error
-          FROM unnest(f.identities) AS i
-          CROSS JOIN LATERAL (SELECT c.id FROM dbrouter.connections c
-                               WHERE c.backend_id = f.backend_id AND c.identity = i LIMIT 1) c
-          LEFT JOIN dbrouter.opt_outs o ON o.connection_id = c.id
-          CROSS JOIN LATERAL (
-                SELECT CASE WHEN o.connection_id IS NULL AND m.cancelled_at IS NULL THEN 'Q' ELSE 'E' END AS status,
-                       CASE WHEN o.connection_id IS NOT NULL THEN 'opted out'
-                            WHEN m.cancelled_at IS NOT NULL THEN 'cancelled' END AS error) x
-        RETURNING status
-    )
-    SELECT count(*), count(*) FILTER (WHERE status = 'E') INTO v_written, v_failed FROM ins;
-
-    IF v_failed > 0 THEN
-        UPDATE dbrouter.messages
-           SET n_error = n_error + v_failed,
-               status = dbrouter.rollup(n_total, n_error + v_failed, n_done, n_delivered),
-               updated_at = now()
-         WHERE id = p_message_id;
-    END IF;
+    -- (the rollup trigger counts the E rows on the message)
+    INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status, due_at,
+                                        priority, expires_at, last_error)
+    SELECT m.id, c.id, f.backend_id, x.status,
+           CASE WHEN x.status = 'Q' THEN greatest(now(), m.send_at) END,
+           m.priority, m.expires_at, x.error
+      FROM unnest(f.identities) AS i
+      CROSS JOIN LATERAL (SELECT c.id FROM dbrouter.connections c
+                           WHERE c.backend_id = f.backend_id AND c.identity = i LIMIT 1) c
+      LEFT JOIN dbrouter.opt_outs o ON o.connection_id = c.id
+      CROSS JOIN LATERAL (
+            SELECT CASE WHEN o.connection_id IS NULL AND m.cancelled_at IS NULL THEN 'Q' ELSE 'E' END AS status,
+                   CASE WHEN o.connection_id IS NOT NULL THEN 'opted out'
+                        WHEN m.cancelled_at IS NOT NULL THEN 'cancelled' END AS error) x;
+    GET DIAGNOSTICS v_written = ROW_COUNT;
     DELETE FROM dbrouter.fanouts WHERE message_id = p_message_id AND part = p_part;
     RETURN v_written;
 END
@@ -693,32 +646,15 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.mark_delivered(p_transmissions bigint[]) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE sql
     AS $$
-DECLARE
-    n integer;
-BEGIN
     WITH done AS (
         UPDATE dbrouter.transmissions t
            SET status = 'D', delivered_at = now(), updated_at = now()
          WHERE t.id = ANY (p_transmissions) AND t.status = 'S'
-        RETURNING t.message_id
-    ), deltas AS (
-        SELECT message_id, count(*)::integer AS delivered FROM done GROUP BY message_id
-    ), locked AS (
-        SELECT m.id, d.delivered FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
-         ORDER BY m.id FOR UPDATE OF m
-    ), rolled AS (
-        UPDATE dbrouter.messages m
-           SET n_delivered = m.n_delivered + l.delivered,
-               status = dbrouter.rollup(m.n_total, m.n_error, m.n_done, m.n_delivered + l.delivered),
-               delivered_at = CASE WHEN m.n_delivered + l.delivered = m.n_total THEN now() END,
-               updated_at = now()
-          FROM locked l WHERE m.id = l.id
+        RETURNING 1
     )
-    SELECT count(*) INTO n FROM done;
-    RETURN n;
-END
+    SELECT count(*)::integer FROM done
 $$;
 
 
@@ -837,10 +773,11 @@ BEGIN
     ), msg AS (
         -- A key committed by another transaction makes this row wait for it,
         -- then skip: exactly one message per key.
-        INSERT INTO dbrouter.messages (id, direction, status, text, in_response_to, n_total, n_error,
+        -- (Q with no errors counted: the rollup trigger counts an opted-out
+        -- identity's E transmission, below, and makes the message E)
+        INSERT INTO dbrouter.messages (id, direction, status, text, in_response_to, n_total,
                                        priority, send_at, expires_at, client_key)
-        SELECT mid, 'O', CASE WHEN opted_out THEN 'E' ELSE 'Q' END, text, in_response_to, 1,
-               CASE WHEN opted_out THEN 1 ELSE 0 END, priority, send_at, expires_at, client_key
+        SELECT mid, 'O', 'Q', text, in_response_to, 1, priority, send_at, expires_at, client_key
           FROM src
         ON CONFLICT (client_key) WHERE client_key IS NOT NULL DO NOTHING
         RETURNING id
@@ -969,6 +906,35 @@ $$;
 
 
 --
+-- Name: quarantine(bigint, bigint, text); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.quarantine(p_token bigint, p_id bigint, p_error text) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_message_id bigint;
+    v_attempts integer;
+BEGIN
+    SELECT t.message_id, t.attempts INTO v_message_id, v_attempts
+      FROM dbrouter.transmissions t
+     WHERE t.id = p_id AND t.lease_token = p_token AND t.status = 'P'
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    PERFORM dbrouter.recount(v_message_id);
+    UPDATE dbrouter.transmissions
+       SET status = 'E', lease_token = NULL, due_at = NULL, last_error = p_error, updated_at = now()
+     WHERE id = p_id;
+    INSERT INTO dbrouter.attempts (transmission_id, attempt, error, final)
+    VALUES (p_id, v_attempts, p_error, true);
+    RETURN 1;
+END
+$$;
+
+
+--
 -- Name: raise_enqueue_problem(text, text); Type: FUNCTION; Schema: dbrouter; Owner: -
 --
 
@@ -980,6 +946,32 @@ BEGIN
         USING ERRCODE = 'check_violation',
               HINT = 'nothing from this statement was enqueued';
 END
+$$;
+
+
+--
+-- Name: recount(bigint); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.recount(p_message_id bigint) RETURNS character
+    LANGUAGE sql
+    AS $$
+    UPDATE dbrouter.messages m
+       SET n_total = greatest(m.n_total, c.total),
+           n_error = c.error, n_done = c.done, n_delivered = c.delivered,
+           status = CASE WHEN m.status = 'Q' AND c.left_queue = 0 THEN 'Q'
+                         ELSE dbrouter.rollup(greatest(m.n_total, c.total), c.error, c.done, c.delivered) END,
+           updated_at = now()
+      FROM (SELECT (count(*) + coalesce((SELECT sum(cardinality(f.identities))
+                                           FROM dbrouter.fanouts f
+                                          WHERE f.message_id = p_message_id), 0))::integer AS total,
+                   count(*) FILTER (WHERE t.status = 'E')::integer AS error,
+                   count(*) FILTER (WHERE t.status IN ('S', 'D'))::integer AS done,
+                   count(*) FILTER (WHERE t.status = 'D')::integer AS delivered,
+                   count(*) FILTER (WHERE t.status <> 'Q') AS left_queue
+              FROM dbrouter.transmissions t WHERE t.message_id = p_message_id) c
+     WHERE m.id = p_message_id AND m.direction = 'O'
+    RETURNING m.status
 $$;
 
 
@@ -1089,19 +1081,13 @@ BEGIN
                          OR NOT EXISTS (SELECT 1 FROM dbrouter.opt_outs o
                                          WHERE o.connection_id = t.connection_id))))
         RETURNING t.message_id, m.direction
-    ), deltas AS (
-        SELECT message_id, direction, count(*)::integer AS requeued FROM t GROUP BY 1, 2
-    ), locked AS (
-        SELECT m.id, d.direction, d.requeued FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
-         ORDER BY m.id FOR UPDATE OF m
-    ), rolled AS (
-        UPDATE dbrouter.messages m
-           SET n_error = CASE WHEN l.direction = 'O' THEN m.n_error - l.requeued ELSE m.n_error END,
-               status = CASE WHEN l.direction = 'I' THEN 'Q'
-                             ELSE dbrouter.rollup(m.n_total, m.n_error - l.requeued, m.n_done, m.n_delivered) END,
-               error = CASE WHEN l.direction = 'I' THEN NULL ELSE m.error END,
-               updated_at = now()
-          FROM locked l WHERE m.id = l.id
+    ), inbound AS (
+        SELECT m.id FROM dbrouter.messages m
+         WHERE m.id IN (SELECT message_id FROM t WHERE direction = 'I')
+         ORDER BY m.id FOR UPDATE
+    ), requeued AS (
+        UPDATE dbrouter.messages m SET status = 'Q', error = NULL, updated_at = now()
+          FROM inbound WHERE m.id = inbound.id
     )
     SELECT count(*) INTO n FROM t;
     PERFORM pg_notify('dbrouter', '');
@@ -1133,6 +1119,80 @@ CREATE FUNCTION dbrouter.return_tokens(p_backend_id integer, p_unused integer) R
        SET tokens = least(coalesce(b.rate_burst, greatest(1, floor(b.rate_limit))), r.tokens + p_unused)
       FROM dbrouter.backends b
      WHERE r.backend_id = p_backend_id AND b.id = r.backend_id AND b.rate_limit IS NOT NULL
+$$;
+
+
+--
+-- Name: roll_up_transmissions(); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.roll_up_transmissions() RETURNS trigger
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    AS $$
+DECLARE
+    v_ids bigint[];
+    v_error integer[];
+    v_done integer[];
+    v_delivered integer[];
+BEGIN
+    -- (plpgsql plans a statement when it first runs it, so the INSERT
+    -- trigger, which has no old_rows, never plans the second one)
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(message_id ORDER BY message_id), array_agg(error ORDER BY message_id),
+               array_agg(done ORDER BY message_id), array_agg(delivered ORDER BY message_id)
+          INTO v_ids, v_error, v_done, v_delivered
+          FROM (SELECT message_id,
+                       count(*) FILTER (WHERE status = 'E')::integer AS error,
+                       count(*) FILTER (WHERE status IN ('S', 'D'))::integer AS done,
+                       count(*) FILTER (WHERE status = 'D')::integer AS delivered
+                  FROM new_rows
+                 WHERE status IN ('E', 'S', 'D')
+                 GROUP BY message_id) d;
+    ELSE
+        SELECT array_agg(message_id ORDER BY message_id), array_agg(error ORDER BY message_id),
+               array_agg(done ORDER BY message_id), array_agg(delivered ORDER BY message_id)
+          INTO v_ids, v_error, v_done, v_delivered
+          FROM (SELECT message_id,
+                       sum(w * (status = 'E')::integer)::integer AS error,
+                       sum(w * (status IN ('S', 'D'))::integer)::integer AS done,
+                       sum(w * (status = 'D')::integer)::integer AS delivered,
+                       sum(w * (status = 'P')::integer)::integer AS leased
+                  FROM (SELECT message_id, status, 1 AS w FROM new_rows
+                        UNION ALL
+                        SELECT message_id, status, -1 FROM old_rows) x
+                 GROUP BY message_id) d
+         WHERE error <> 0 OR done <> 0 OR delivered <> 0 OR leased > 0;
+    END IF;
+    IF v_ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    WITH locked AS (
+        SELECT m.id, d.error, d.done, d.delivered
+          FROM unnest(v_ids, v_error, v_done, v_delivered) AS d(message_id, error, done, delivered)
+          JOIN dbrouter.messages m ON m.id = d.message_id
+         WHERE m.direction = 'O'
+           AND (d.error <> 0 OR d.done <> 0 OR d.delivered <> 0 OR m.status = 'Q')
+         ORDER BY m.id
+           FOR UPDATE OF m
+    )
+    UPDATE dbrouter.messages m
+       SET n_error = m.n_error + l.error,
+           n_done = m.n_done + l.done,
+           n_delivered = m.n_delivered + l.delivered,
+           status = dbrouter.rollup(m.n_total, m.n_error + l.error, m.n_done + l.done,
+                                    m.n_delivered + l.delivered),
+           sent_at = CASE WHEN m.n_done + l.done >= m.n_total THEN coalesce(m.sent_at, now())
+                          ELSE m.sent_at END,
+           delivered_at = CASE WHEN m.n_delivered + l.delivered >= m.n_total
+                               THEN coalesce(m.delivered_at, now())
+                               ELSE m.delivered_at END,
+           updated_at = now()
+      FROM locked l
+     WHERE m.id = l.id;
+    RETURN NULL;
+END
 $$;
 
 
@@ -1989,6 +2049,20 @@ CREATE TRIGGER transmissions_check_refs AFTER INSERT ON dbrouter.transmissions R
 --
 
 CREATE TRIGGER transmissions_refuse_reference_change BEFORE UPDATE OF message_id, connection_id, backend_id ON dbrouter.transmissions FOR EACH ROW EXECUTE FUNCTION dbrouter.refuse_reference_change();
+
+
+--
+-- Name: transmissions transmissions_roll_up_changed; Type: TRIGGER; Schema: dbrouter; Owner: -
+--
+
+CREATE TRIGGER transmissions_roll_up_changed AFTER UPDATE ON dbrouter.transmissions REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION dbrouter.roll_up_transmissions();
+
+
+--
+-- Name: transmissions transmissions_roll_up_inserted; Type: TRIGGER; Schema: dbrouter; Owner: -
+--
+
+CREATE TRIGGER transmissions_roll_up_inserted AFTER INSERT ON dbrouter.transmissions REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION dbrouter.roll_up_transmissions();
 
 
 --

@@ -2,23 +2,8 @@
 -- (src/schema.rs). CREATE OR REPLACE only; a function dropped or whose
 -- arguments change needs a numbered migration.
 --
--- The rules the rest of the schema calls: the status rollup, deadlines,
--- enqueue validation and identity normalisation.
-
--- Status rollup, RapidSMS's rule in its order: any transmission E -> E; else
--- any not S/D -> P; else any not D -> S; else D. Computed from the counters.
-CREATE OR REPLACE FUNCTION dbrouter.rollup(n_total integer, n_error integer, n_done integer, n_delivered integer)
- RETURNS character
- LANGUAGE sql
- IMMUTABLE PARALLEL SAFE
-AS $function$
-    SELECT CASE
-        WHEN n_error > 0 THEN 'E'
-        WHEN n_done < n_total THEN 'P'
-        WHEN n_delivered < n_total THEN 'S'
-        ELSE 'D'
-    END::char(1)
-$function$;
+-- The rules the rest of the schema calls: deadlines, enqueue validation
+-- and identity normalisation. (The status rollup: 15_rollup.sql.)
 
 CREATE OR REPLACE FUNCTION dbrouter.raise_enqueue_problem(source text, problem text)
  RETURNS void

@@ -130,10 +130,11 @@ BEGIN
     ), msg AS (
         -- A key committed by another transaction makes this row wait for it,
         -- then skip: exactly one message per key.
-        INSERT INTO dbrouter.messages (id, direction, status, text, in_response_to, n_total, n_error,
+        -- (Q with no errors counted: the rollup trigger counts an opted-out
+        -- identity's E transmission, below, and makes the message E)
+        INSERT INTO dbrouter.messages (id, direction, status, text, in_response_to, n_total,
                                        priority, send_at, expires_at, client_key)
-        SELECT mid, 'O', CASE WHEN opted_out THEN 'E' ELSE 'Q' END, text, in_response_to, 1,
-               CASE WHEN opted_out THEN 1 ELSE 0 END, priority, send_at, expires_at, client_key
+        SELECT mid, 'O', 'Q', text, in_response_to, 1, priority, send_at, expires_at, client_key
           FROM src
         ON CONFLICT (client_key) WHERE client_key IS NOT NULL DO NOTHING
         RETURNING id
@@ -292,8 +293,8 @@ $function$;
 
 -- One part: its connections (the new ones inserted, sorted, as broadcast()
 -- did), its transmissions (Q; E "opted out" for the opted out; E
--- "cancelled" for all of them once the message is cancelled), the
--- message's error count for those E, and the part deleted. The caller holds
+-- "cancelled" for all of them once the message is cancelled; the rollup
+-- trigger counts those E on the message), and the part deleted. The caller holds
 -- the part's row lock. Returns the transmissions written.
 CREATE OR REPLACE FUNCTION dbrouter.expand_fanout_part(p_message_id bigint, p_part integer)
  RETURNS integer
@@ -305,7 +306,6 @@ DECLARE
     f dbrouter.fanouts%ROWTYPE;
     m dbrouter.messages%ROWTYPE;
     v_written integer;
-    v_failed integer;
 BEGIN
     SELECT * INTO f FROM dbrouter.fanouts WHERE message_id = p_message_id AND part = p_part;
     IF NOT FOUND THEN
@@ -327,31 +327,21 @@ BEGIN
         ON CONFLICT DO NOTHING;
     END;
 
-    WITH ins AS (
-        INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status, due_at,
-                                            priority, expires_at, last_error)
-        SELECT m.id, c.id, f.backend_id, x.status,
-               CASE WHEN x.status = 'Q' THEN greatest(now(), m.send_at) END,
-               m.priority, m.expires_at, x.error
-          FROM unnest(f.identities) AS i
-          CROSS JOIN LATERAL (SELECT c.id FROM dbrouter.connections c
-                               WHERE c.backend_id = f.backend_id AND c.identity = i LIMIT 1) c
-          LEFT JOIN dbrouter.opt_outs o ON o.connection_id = c.id
-          CROSS JOIN LATERAL (
-                SELECT CASE WHEN o.connection_id IS NULL AND m.cancelled_at IS NULL THEN 'Q' ELSE 'E' END AS status,
-                       CASE WHEN o.connection_id IS NOT NULL THEN 'opted out'
-                            WHEN m.cancelled_at IS NOT NULL THEN 'cancelled' END AS error) x
-        RETURNING status
-    )
-    SELECT count(*), count(*) FILTER (WHERE status = 'E') INTO v_written, v_failed FROM ins;
-
-    IF v_failed > 0 THEN
-        UPDATE dbrouter.messages
-           SET n_error = n_error + v_failed,
-               status = dbrouter.rollup(n_total, n_error + v_failed, n_done, n_delivered),
-               updated_at = now()
-         WHERE id = p_message_id;
-    END IF;
+    -- (the rollup trigger counts the E rows on the message)
+    INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status, due_at,
+                                        priority, expires_at, last_error)
+    SELECT m.id, c.id, f.backend_id, x.status,
+           CASE WHEN x.status = 'Q' THEN greatest(now(), m.send_at) END,
+           m.priority, m.expires_at, x.error
+      FROM unnest(f.identities) AS i
+      CROSS JOIN LATERAL (SELECT c.id FROM dbrouter.connections c
+                           WHERE c.backend_id = f.backend_id AND c.identity = i LIMIT 1) c
+      LEFT JOIN dbrouter.opt_outs o ON o.connection_id = c.id
+      CROSS JOIN LATERAL (
+            SELECT CASE WHEN o.connection_id IS NULL AND m.cancelled_at IS NULL THEN 'Q' ELSE 'E' END AS status,
+                   CASE WHEN o.connection_id IS NOT NULL THEN 'opted out'
+                        WHEN m.cancelled_at IS NOT NULL THEN 'cancelled' END AS error) x;
+    GET DIAGNOSTICS v_written = ROW_COUNT;
     DELETE FROM dbrouter.fanouts WHERE message_id = p_message_id AND part = p_part;
     RETURN v_written;
 END

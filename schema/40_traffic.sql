@@ -129,9 +129,10 @@ END
 $function$;
 
 -- Ending unsent transmissions (cancel, expiry): E with the reason, no next
--- attempt, message counters and status by deltas. Rows leased to a worker
--- (P with a live lease) are left to that worker. Returns how many ended.
--- Locks: the transmissions, then their messages in id order (as claims do).
+-- attempt; the rollup trigger (15_rollup.sql) counts them on their
+-- messages. Rows leased to a worker (P with a live lease) are left to that
+-- worker. Returns how many ended. Locks: the transmissions, in id order,
+-- then (the trigger) their messages in id order.
 CREATE OR REPLACE FUNCTION dbrouter.end_unsent(p_ids bigint[], p_reason text)
  RETURNS integer
  LANGUAGE plpgsql
@@ -140,35 +141,21 @@ DECLARE
     n integer;
 BEGIN
     WITH old AS (
-        SELECT t.id, t.status
+        SELECT t.id
           FROM dbrouter.transmissions t
          WHERE t.id = ANY (p_ids) AND t.due_at IS NOT NULL
            AND (t.status <> 'P' OR t.due_at <= now())
          ORDER BY t.id
            FOR UPDATE
-    ), ended AS (
-        UPDATE dbrouter.transmissions t
-           SET status = 'E', due_at = NULL, lease_token = NULL, updated_at = now(),
-               last_error = coalesce(p_reason,
-                   (SELECT CASE WHEN m.cancelled_at IS NOT NULL THEN 'cancelled' ELSE 'expired' END
-                      FROM dbrouter.messages m WHERE m.id = t.message_id))
-          FROM old
-         WHERE t.id = old.id
-        RETURNING t.message_id, old.status AS was
-    ), deltas AS (
-        SELECT message_id, count(*) FILTER (WHERE was <> 'E')::integer AS failed, count(*) AS how_many
-          FROM ended GROUP BY message_id
-    ), locked AS (
-        SELECT m.id, d.failed FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
-         ORDER BY m.id FOR UPDATE OF m
-    ), rolled AS (
-        UPDATE dbrouter.messages m
-           SET n_error = m.n_error + l.failed,
-               status = dbrouter.rollup(m.n_total, m.n_error + l.failed, m.n_done, m.n_delivered),
-               updated_at = now()
-          FROM locked l WHERE m.id = l.id
     )
-    SELECT coalesce(sum(how_many), 0) INTO n FROM deltas;
+    UPDATE dbrouter.transmissions t
+       SET status = 'E', due_at = NULL, lease_token = NULL, updated_at = now(),
+           last_error = coalesce(p_reason,
+               (SELECT CASE WHEN m.cancelled_at IS NOT NULL THEN 'cancelled' ELSE 'expired' END
+                  FROM dbrouter.messages m WHERE m.id = t.message_id))
+      FROM old
+     WHERE t.id = old.id;
+    GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
 $function$;
@@ -189,6 +176,11 @@ AS $function$
            FOR UPDATE SKIP LOCKED), NULL)
 $function$;
 
+-- Requeue: E transmissions back to Q with their attempts reset (outbound
+-- ones only if they may still be sent: not cancelled, expired or opted out).
+-- An inbound message goes back to Q itself (the worker claims messages);
+-- an outbound one is rolled up by the trigger (15_rollup.sql). Locks: the
+-- transmissions, then their messages in id order.
 CREATE OR REPLACE FUNCTION dbrouter.requeue_transmissions(p_ids bigint[])
  RETURNS integer
  LANGUAGE plpgsql
@@ -210,19 +202,13 @@ BEGIN
                          OR NOT EXISTS (SELECT 1 FROM dbrouter.opt_outs o
                                          WHERE o.connection_id = t.connection_id))))
         RETURNING t.message_id, m.direction
-    ), deltas AS (
-        SELECT message_id, direction, count(*)::integer AS requeued FROM t GROUP BY 1, 2
-    ), locked AS (
-        SELECT m.id, d.direction, d.requeued FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
-         ORDER BY m.id FOR UPDATE OF m
-    ), rolled AS (
-        UPDATE dbrouter.messages m
-           SET n_error = CASE WHEN l.direction = 'O' THEN m.n_error - l.requeued ELSE m.n_error END,
-               status = CASE WHEN l.direction = 'I' THEN 'Q'
-                             ELSE dbrouter.rollup(m.n_total, m.n_error - l.requeued, m.n_done, m.n_delivered) END,
-               error = CASE WHEN l.direction = 'I' THEN NULL ELSE m.error END,
-               updated_at = now()
-          FROM locked l WHERE m.id = l.id
+    ), inbound AS (
+        SELECT m.id FROM dbrouter.messages m
+         WHERE m.id IN (SELECT message_id FROM t WHERE direction = 'I')
+         ORDER BY m.id FOR UPDATE
+    ), requeued AS (
+        UPDATE dbrouter.messages m SET status = 'Q', error = NULL, updated_at = now()
+          FROM inbound WHERE m.id = inbound.id
     )
     SELECT count(*) INTO n FROM t;
     PERFORM pg_notify('dbrouter', '');

@@ -5,36 +5,19 @@
 -- Delivery reports: mark_delivered() by hand, apply_receipts() for the
 -- reports `dbrouter serve` records (run by the workers).
 
--- Delivery: S -> D for the given transmissions, rolled up to their messages.
--- (Delivery reports from gateways arrive through this.)
+-- Delivery: S -> D for the given transmissions, rolled up to their
+-- messages by the trigger (15_rollup.sql). Returns how many changed.
 CREATE OR REPLACE FUNCTION dbrouter.mark_delivered(p_transmissions bigint[])
  RETURNS integer
- LANGUAGE plpgsql
+ LANGUAGE sql
 AS $function$
-DECLARE
-    n integer;
-BEGIN
     WITH done AS (
         UPDATE dbrouter.transmissions t
            SET status = 'D', delivered_at = now(), updated_at = now()
          WHERE t.id = ANY (p_transmissions) AND t.status = 'S'
-        RETURNING t.message_id
-    ), deltas AS (
-        SELECT message_id, count(*)::integer AS delivered FROM done GROUP BY message_id
-    ), locked AS (
-        SELECT m.id, d.delivered FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
-         ORDER BY m.id FOR UPDATE OF m
-    ), rolled AS (
-        UPDATE dbrouter.messages m
-           SET n_delivered = m.n_delivered + l.delivered,
-               status = dbrouter.rollup(m.n_total, m.n_error, m.n_done, m.n_delivered + l.delivered),
-               delivered_at = CASE WHEN m.n_delivered + l.delivered = m.n_total THEN now() END,
-               updated_at = now()
-          FROM locked l WHERE m.id = l.id
+        RETURNING 1
     )
-    SELECT count(*) INTO n FROM done;
-    RETURN n;
-END
+    SELECT count(*)::integer FROM done
 $function$;
 
 CREATE OR REPLACE FUNCTION dbrouter.apply_receipts(p_limit integer DEFAULT 1000)
@@ -85,29 +68,7 @@ BEGIN
          WHERE t.id = x.id
            AND ((x.outcome = 'D' AND x.was IN ('S', 'E'))
              OR (x.outcome = 'E' AND x.was = 'S'))
-        RETURNING t.message_id, x.was, x.outcome
-    ), deltas AS (
-        SELECT message_id,
-               -- done: S/D count; error: E count; delivered: D count
-               sum(CASE WHEN was = 'E' THEN 1 WHEN outcome = 'E' THEN -1 ELSE 0 END)::integer AS done,
-               sum(CASE WHEN was = 'E' THEN -1 WHEN outcome = 'E' THEN 1 ELSE 0 END)::integer AS error,
-               count(*) FILTER (WHERE outcome = 'D')::integer AS delivered
-          FROM changed GROUP BY message_id
-    ), locked AS (
-        SELECT m.id, d.done, d.error, d.delivered
-          FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
-         ORDER BY m.id FOR UPDATE OF m
-    ), rolled AS (
-        UPDATE dbrouter.messages m
-           SET n_done = m.n_done + l.done,
-               n_error = m.n_error + l.error,
-               n_delivered = m.n_delivered + l.delivered,
-               status = dbrouter.rollup(m.n_total, m.n_error + l.error, m.n_done + l.done,
-                                        m.n_delivered + l.delivered),
-               delivered_at = CASE WHEN m.n_delivered + l.delivered = m.n_total THEN now()
-                                   ELSE m.delivered_at END,
-               updated_at = now()
-          FROM locked l WHERE m.id = l.id
+        RETURNING t.id
     ), verdict AS (
         SELECT p.id,
                -- a transmission id that is not an outbound transmission of

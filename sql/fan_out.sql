@@ -1,5 +1,5 @@
 -- Expand up to $1 parts of large broadcasts into their connections and
--- transmissions (dbrouter.fan_out in migrations/0007_fanout.sql); returns
+-- transmissions (dbrouter.fan_out in schema/30_enqueue.sql); returns
 -- the transmissions written.
 --
 -- Locks: the parts it takes, FOR UPDATE SKIP LOCKED (workers expand

@@ -22,12 +22,12 @@
 -- concurrent workers take disjoint batches without waiting, only until
 -- this short transaction commits; from then on the lease protects them.
 -- The backend row and the opt-outs are read in subqueries, which FOR
--- UPDATE does not reach. Messages still Q (or whose errored transmissions
--- are being retried, or that lose one to an opt-out) are locked in id
--- order, so claims and finishes touching the same messages cannot
--- deadlock, and get their counters and status updated by deltas.
+-- UPDATE does not reach. The messages' counters and status follow from
+-- the statuses changed here (the rollup trigger, schema/15_rollup.sql):
+-- a message still Q becomes P, one whose errored transmissions are
+-- retried or that loses one to an opt-out is rolled up again.
 WITH due AS (
-    SELECT t.id, t.status AS was,
+    SELECT t.id,
            CASE WHEN EXISTS (SELECT 1 FROM dbrouter.opt_outs o WHERE o.connection_id = t.connection_id)
                 THEN (SELECT m.in_response_to IS NULL FROM dbrouter.messages m WHERE m.id = t.message_id)
                 ELSE false END AS opted_out
@@ -52,27 +52,7 @@ WITH due AS (
            updated_at = now()
       FROM due
      WHERE t.id = due.id
-    RETURNING t.id, t.message_id, t.connection_id, t.attempts, due.was, due.opted_out
-), deltas AS (
-    -- retried: E rows taken again (no longer errors); refused: rows that
-    -- were not errors and now are (opted out)
-    SELECT message_id,
-           count(*) FILTER (WHERE was = 'E' AND NOT opted_out)::integer AS retried,
-           count(*) FILTER (WHERE was <> 'E' AND opted_out)::integer AS refused
-      FROM claimed GROUP BY message_id
-), locked AS (
-    SELECT m.id, d.retried, d.refused
-      FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
-     WHERE m.status = 'Q' OR d.retried > 0 OR d.refused > 0
-     ORDER BY m.id
-       FOR UPDATE OF m
-), rolled AS (
-    UPDATE dbrouter.messages m
-       SET n_error = m.n_error - l.retried + l.refused,
-           status = dbrouter.rollup(m.n_total, m.n_error - l.retried + l.refused, m.n_done, m.n_delivered),
-           updated_at = now()
-      FROM locked l
-     WHERE m.id = l.id
+    RETURNING t.id, t.message_id, t.connection_id, t.attempts, due.opted_out
 )
 SELECT c.id AS transmission_id,
        c.message_id,

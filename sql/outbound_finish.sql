@@ -2,8 +2,8 @@
 -- statement: S with the gateway's id, or E with the error and either the
 -- next attempt time (exponential backoff with jitter) or, when the failure is
 -- permanent or attempts are used up, no next attempt (final E). Every failure
--- is appended to the attempt history; messages get their counters and status
--- updated by deltas.
+-- is appended to the attempt history. The messages' counters, status and
+-- sent_at follow (the rollup trigger, schema/15_rollup.sql).
 --
 -- A failure past the transmission's deadline is final. A requeued one (the
 -- gateway said "retry after N s", HTTP 429, or refused our credentials)
@@ -17,8 +17,8 @@
 --
 -- Fenced: only rows still P under this batch's lease token are touched, so a
 -- worker whose lease expired (and whose rows another worker re-claimed)
--- changes nothing. Locks: those transmissions, and their messages in id
--- order (claims lock in the same order, so the two cannot deadlock).
+-- changes nothing. Locks: those transmissions, then (the trigger) their
+-- messages in id order, as every statement that changes transmissions.
 WITH outcome AS (
     -- The batch's rows, found by primary key alone; each takes its outcome by
     -- its position in the arrays. (Joining an unnest() of the outcomes
@@ -81,24 +81,5 @@ WITH outcome AS (
       JOIN dbrouter.messages m ON m.id = d.message_id
       JOIN dbrouter.connections c ON c.id = d.connection_id
       LEFT JOIN dbrouter.messages orig ON orig.id = m.in_response_to
-), deltas AS (
-    SELECT message_id,
-           count(*) FILTER (WHERE status = 'S')::integer AS sent,
-           count(*) FILTER (WHERE status = 'E')::integer AS failed
-      FROM done GROUP BY message_id
-), locked AS (
-    SELECT m.id, d.sent, d.failed
-      FROM dbrouter.messages m JOIN deltas d ON d.message_id = m.id
-     ORDER BY m.id
-       FOR UPDATE OF m
-), rolled AS (
-    UPDATE dbrouter.messages m
-       SET n_done = m.n_done + l.sent,
-           n_error = m.n_error + l.failed,
-           status = dbrouter.rollup(m.n_total, m.n_error + l.failed, m.n_done + l.sent, m.n_delivered),
-           sent_at = CASE WHEN m.n_done + l.sent = m.n_total THEN coalesce(m.sent_at, now()) ELSE m.sent_at END,
-           updated_at = now()
-      FROM locked l
-     WHERE m.id = l.id
 )
 SELECT count(*) AS recorded FROM done

@@ -12,6 +12,12 @@ pub enum Error {
         file: &'static str,
         error: sqlx::Error,
     },
+    #[error(
+        "the database's schema/{file} is not this dbrouter's (another version migrated it, \
+         or none did): stop the workers of any other version, then run `dbrouter migrate` \
+         with this one"
+    )]
+    SchemaMismatch { file: &'static str },
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("{0}")]

@@ -315,17 +315,18 @@ pub async fn finish(
                 if let [(id, _)] = chunk {
                     tracing::warn!(transmission = id, error = %e, "cannot record this outcome: ending it E");
                     let mut conn = Conn::acquire(pool).await?;
-                    let done = sqlx::query(include_str!("../sql/outbound_quarantine.sql"))
-                        .persistent(crate::db::prepared())
-                        .bind(token)
-                        .bind(id)
-                        .bind(format!(
-                            "the database refused this transmission's outcome: {e}"
-                        ))
-                        .execute(conn.get())
-                        .await?;
+                    let ended: i32 =
+                        sqlx::query_scalar(include_str!("../sql/outbound_quarantine.sql"))
+                            .persistent(crate::db::prepared())
+                            .bind(token)
+                            .bind(id)
+                            .bind(format!(
+                                "the database refused this transmission's outcome: {e}"
+                            ))
+                            .fetch_one(conn.get())
+                            .await?;
                     conn.done().await?;
-                    recorded += done.rows_affected().min(1);
+                    recorded += u64::from(ended == 1);
                 } else {
                     let (a, b) = chunk.split_at(chunk.len() / 2);
                     pending.push(b);

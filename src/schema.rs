@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 /// Every file of `schema/`, in the order they are applied.
 pub const FILES: &[(&str, &str)] = &[
     ("10_rules.sql", include_str!("../schema/10_rules.sql")),
+    ("15_rollup.sql", include_str!("../schema/15_rollup.sql")),
     (
         "20_references.sql",
         include_str!("../schema/20_references.sql"),
@@ -61,4 +62,24 @@ pub async fn apply(pool: &PgPool) -> Result<Vec<&'static str>> {
     }
     tx.commit().await?;
     Ok(changed)
+}
+
+/// Refuse to work on a database whose schema files are not this binary's:
+/// the statements a worker runs and the schema's functions and triggers
+/// change together (a worker of one version on the schema of another could,
+/// say, roll a message's counters up twice or never).
+pub async fn check(pool: &PgPool) -> Result<()> {
+    let mut conn = crate::db::Conn::acquire(pool).await?;
+    let applied: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, body FROM dbrouter.schema_files")
+            .persistent(crate::db::prepared())
+            .fetch_all(conn.get())
+            .await?;
+    conn.done().await?;
+    for &(name, body) in FILES {
+        if !applied.iter().any(|(n, b)| n == name && b == body) {
+            return Err(Error::SchemaMismatch { file: name });
+        }
+    }
+    Ok(())
 }

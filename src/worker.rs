@@ -85,6 +85,7 @@ impl Worker {
         pipeline: Pipeline,
     ) -> Result<Arc<Self>> {
         cfg.validate()?;
+        crate::schema::check(&pool).await?;
         let backends = registry::load(&pool, &cfg, &[]).await?;
         Ok(Arc::new(Worker {
             pool,

@@ -245,6 +245,57 @@ async fn failed_identities_give_partial_success_and_retries_never_resend_sent_on
     db.drop().await;
 }
 
+/// The counters are kept by triggers on `transmissions`, so a statement
+/// dbrouter did not write (an operator's UPDATE in psql) rolls its messages
+/// up too, and `dbrouter.recount` rebuilds counters someone broke by hand.
+#[tokio::test]
+async fn any_statement_on_transmissions_rolls_its_messages_up() {
+    let db = TestDb::new().await;
+    db.backend("gw", "database", json!({}), None).await;
+    let msg = db.broadcast("gw", &ids("+", 3), "news").await;
+    let sql = format!(
+        "SELECT status || ':' || n_error || ':' || n_done || ':' || n_delivered || ':'
+                || (sent_at IS NOT NULL) || ':' || (delivered_at IS NOT NULL)
+           FROM dbrouter.messages WHERE id = {msg}"
+    );
+    assert_eq!(db.scalar_str(&sql).await, "Q:0:0:0:false:false");
+    // By hand: one sent, one failed for good, in one statement.
+    db.exec(&format!(
+        "UPDATE dbrouter.transmissions t
+            SET status = CASE WHEN c.identity = '+0' THEN 'S' ELSE 'E' END, due_at = NULL,
+                sent_at = CASE WHEN c.identity = '+0' THEN now() END
+           FROM dbrouter.connections c
+          WHERE c.id = t.connection_id AND t.message_id = {msg} AND c.identity IN ('+0', '+1')"
+    ))
+    .await;
+    assert_eq!(db.scalar_str(&sql).await, "E:1:1:0:false:false");
+    // The failed one sent after all, the third too, then all delivered.
+    db.exec(&format!(
+        "UPDATE dbrouter.transmissions SET status = 'S', due_at = NULL, sent_at = now() WHERE message_id = {msg} AND status <> 'S'"
+    ))
+    .await;
+    assert_eq!(db.scalar_str(&sql).await, "S:0:3:0:true:false");
+    db.exec(&format!(
+        "UPDATE dbrouter.transmissions SET status = 'D' WHERE message_id = {msg}"
+    ))
+    .await;
+    assert_eq!(db.scalar_str(&sql).await, "D:0:3:3:true:true");
+    db.assert_invariants().await;
+    // Counters broken by hand (the triggers only add deltas), then rebuilt.
+    db.exec(&format!(
+        "UPDATE dbrouter.messages SET n_delivered = 0, n_done = 1, status = 'P' WHERE id = {msg}"
+    ))
+    .await;
+    assert_eq!(
+        db.scalar_str(&format!("SELECT dbrouter.recount({msg})::text"))
+            .await,
+        "D"
+    );
+    assert_eq!(db.scalar_str(&sql).await, "D:0:3:3:true:true");
+    db.assert_invariants().await;
+    db.drop().await;
+}
+
 /// Retries of transmissions that failed while a backend simulated failures
 /// go out once it stops, and the message's counters (the retried E taken
 /// back, the S added) come out right.

@@ -146,17 +146,44 @@ async fn a_schema_file_is_applied_when_its_text_changes() {
     db.exec(
         "CREATE OR REPLACE FUNCTION dbrouter.rollup(n_total integer, n_error integer, n_done integer, n_delivered integer)
          RETURNS char(1) LANGUAGE sql IMMUTABLE AS $$ SELECT 'X'::char(1) $$;
-         UPDATE dbrouter.schema_files SET body = 'stale' WHERE name = '10_rules.sql'",
+         UPDATE dbrouter.schema_files SET body = 'stale' WHERE name = '15_rollup.sql'",
     )
     .await;
     assert_eq!(
         dbrouter::schema::apply(&db.pool).await.unwrap(),
-        vec!["10_rules.sql"]
+        vec!["15_rollup.sql"]
     );
     assert_eq!(
         db.scalar_str("SELECT dbrouter.rollup(1, 0, 1, 0)::text")
             .await,
         "S"
     );
+    db.drop().await;
+}
+
+/// A worker refuses a database whose schema files are not its own (another
+/// version migrated it), saying what to run, instead of working with
+/// functions and triggers its statements do not match.
+#[tokio::test]
+async fn a_worker_refuses_a_schema_of_another_version() {
+    let db = TestDb::new().await;
+    db.exec("UPDATE dbrouter.schema_files SET body = 'older' WHERE name = '15_rollup.sql'")
+        .await;
+    let refused = dbrouter::worker::Worker::new(
+        db.pool.clone(),
+        Default::default(),
+        common::test_config(),
+        dbrouter::apps::Pipeline::new(vec![]),
+    )
+    .await
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        refused.contains("schema/15_rollup.sql") && refused.contains("dbrouter migrate"),
+        "{refused}"
+    );
+    dbrouter::db::migrate(&db.pool).await.unwrap();
+    assert!(dbrouter::schema::check(&db.pool).await.is_ok());
     db.drop().await;
 }
