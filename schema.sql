@@ -386,6 +386,26 @@ $_$;
 
 
 --
+-- Name: encoding(text); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.encoding(body text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $_$
+    SELECT CASE
+        WHEN body ~ (
+            -- the default alphabet (without the escape, 0x1B): '-' first,
+            -- the ASCII letters and digits as ranges
+            E'^[-@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !"#¤%&''()*+,./0-9:;<=>?¡A-ZÄÖÑÜ§¿a-zäöñüà'
+            -- the extension table
+            || E'\f^{}\\\\\\[~\\]|€]*$')
+        THEN 'gsm7'
+        ELSE 'ucs2'
+    END
+$_$;
+
+
+--
 -- Name: end_unsent(bigint[], text); Type: FUNCTION; Schema: dbrouter; Owner: -
 --
 
@@ -637,6 +657,41 @@ BEGIN
     DELETE FROM dbrouter.inbox;
     PERFORM pg_notify('dbrouter', '');
     RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: long_text_segments(text); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.long_text_segments(body text) RETURNS integer
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    gsm constant boolean := dbrouter.encoding(body) = 'gsm7';
+    single constant integer := CASE WHEN gsm THEN 160 ELSE 70 END;
+    multi constant integer := CASE WHEN gsm THEN 153 ELSE 67 END;
+    -- the characters that cost two units: the extension table's (GSM-7),
+    -- those beyond the Basic Multilingual Plane (UCS-2)
+    wide constant text := CASE WHEN gsm THEN E'[\f^{}\\\\\\[~\\]|€]' ELSE '[\U00010000-\U0010FFFF]' END;
+    parts integer := 1;
+    used integer := 0;
+    cost integer;
+    c text;
+BEGIN
+    IF 2 * length(body) - length(regexp_replace(body, wide, '', 'g')) <= single THEN
+        RETURN 1;
+    END IF;
+    FOREACH c IN ARRAY regexp_split_to_array(body, '') LOOP
+        cost := 1 + (c ~ wide)::integer;
+        IF used + cost > multi THEN
+            parts := parts + 1;
+            used := 0;
+        END IF;
+        used := used + cost;
+    END LOOP;
+    RETURN parts;
 END
 $$;
 
@@ -1231,6 +1286,17 @@ $$;
 
 
 --
+-- Name: segments(text); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.segments(body text) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN octet_length(body) <= 70 THEN 1 ELSE dbrouter.long_text_segments(body) END
+$$;
+
+
+--
 -- Name: take_tokens(integer, integer); Type: FUNCTION; Schema: dbrouter; Owner: -
 --
 
@@ -1541,6 +1607,8 @@ CREATE TABLE dbrouter.messages (
     expires_at timestamp with time zone,
     client_key text,
     cancelled_at timestamp with time zone,
+    encoding text GENERATED ALWAYS AS (dbrouter.encoding(text)) STORED,
+    segments integer GENERATED ALWAYS AS (dbrouter.segments(text)) STORED,
     CONSTRAINT message_client_key_length CHECK (((length(client_key) >= 1) AND (length(client_key) <= 200))),
     CONSTRAINT message_counters CHECK ((((n_error + n_done) <= n_total) AND (n_delivered <= n_done))),
     CONSTRAINT message_direction CHECK ((direction = ANY (ARRAY['I'::bpchar, 'O'::bpchar]))),
@@ -1554,6 +1622,20 @@ CREATE TABLE dbrouter.messages (
     CONSTRAINT messages_n_total_check CHECK ((n_total >= 0))
 )
 WITH (fillfactor='90');
+
+
+--
+-- Name: COLUMN messages.encoding; Type: COMMENT; Schema: dbrouter; Owner: -
+--
+
+COMMENT ON COLUMN dbrouter.messages.encoding IS 'gsm7 or ucs2: how the text goes on the air (dbrouter.encoding)';
+
+
+--
+-- Name: COLUMN messages.segments; Type: COMMENT; Schema: dbrouter; Owner: -
+--
+
+COMMENT ON COLUMN dbrouter.messages.segments IS 'the SMS parts the text takes on the air, per recipient (dbrouter.segments)';
 
 
 --

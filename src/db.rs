@@ -197,6 +197,7 @@ mod tests {
             (8, "aa2e8a5e55ed7ab2a13f7fde50fdc74f61151077ece81bf64635388f4ff545ef5a38a3e9fd0013f972f3c49a385a6c1a"),
             (9, "55ece307d5c845a5d097c90c37524dcd8b2cb7cbfb49536ddf4791191cd0feff52e5f8a938fd0d3db82885e76e3b4a62"),
             (10, "6598c6b647fa3f675638a5c689aa07ed0f48ac22d01b9600f9b11b2ab5ccb99e802c32c3a822c31e688808629af8e21c"),
+            (11, "2c7ed874455f322cb83a2ee2e547274fe11aad81ba886d82f32edd072641d3ce919d5f40ffa69f5504cee5189b0cbf45"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR

@@ -19,6 +19,16 @@ pub fn fits(c: char) -> bool {
     c != '\u{1b}' && (DEFAULT.contains(c) || EXTENSION.contains(c))
 }
 
+/// The septets `c` takes in the 7-bit coding: two for an extension
+/// character (an escape and its code), else one.
+pub fn septets(c: char) -> usize {
+    if EXTENSION.contains(c) {
+        2
+    } else {
+        1
+    }
+}
+
 /// Whether the whole text can be sent in the 7-bit default coding.
 pub fn is_gsm7(text: &str) -> bool {
     text.chars().all(fits)

@@ -28,6 +28,7 @@ pub mod listen;
 pub mod outbound;
 pub mod registry;
 pub mod schema;
+pub mod segments;
 pub mod serve;
 pub mod worker;
 
