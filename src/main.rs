@@ -115,7 +115,7 @@ enum BackendCommand {
     /// Add a backend.
     Add {
         name: String,
-        /// kannel, vumi, http, database or console.
+        /// kannel, smpp, vumi, http, database or console.
         #[arg(long)]
         engine: String,
         /// Engine settings as a JSON object.

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod http;
 pub mod kannel;
 pub mod secrets;
+pub mod smpp;
 pub mod vumi;
 
 use std::sync::Arc;
@@ -226,10 +227,11 @@ pub fn build(name: &str, engine: &str, config: &Value, pool: &PgPool) -> Result<
         "kannel" => Arc::new(Kannel::from_config(config, timeout)?),
         "vumi" => Arc::new(Vumi::from_config(config, timeout)?),
         "http" => Arc::new(Http::from_config(config, timeout)?),
+        "smpp" => Arc::new(smpp::Smpp::from_config(name, config, pool)?),
         other => {
             return Err(format!(
-                "unknown engine {other:?}; the engines are kannel, vumi, http, database, console"
-            ))
+            "unknown engine {other:?}; the engines are kannel, smpp, vumi, http, database, console"
+        ))
         }
     };
     Ok(Built {

@@ -1,0 +1,279 @@
+//! The `smpp` engine against an SMSC from another project (the `smpp34`
+//! crate's server, tests/common/smsc.rs): bind, messages from phones in,
+//! replies and broadcasts out in parts, receipts to D, throttling, refused
+//! destinations and credentials, an SMSC restarted mid-broadcast.
+
+mod common;
+#[path = "common/smsc.rs"]
+mod smsc;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{test_config, wait_until, TestDb};
+use dbrouter::worker::Worker;
+use serde_json::json;
+use smsc::Smsc;
+use tokio_util::sync::CancellationToken;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A worker running in the background until the returned token is cancelled.
+async fn run_worker(db: &TestDb) -> (Arc<Worker>, CancellationToken) {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let worker = db.worker(test_config()).await;
+    let stop = CancellationToken::new();
+    tokio::spawn(worker.clone().run(stop.clone()));
+    (worker, stop)
+}
+
+async fn scalar(db: &TestDb, sql: &str) -> String {
+    db.scalar_str(sql).await
+}
+
+/// A message from a phone comes in over the bind, `echo` answers it, the
+/// reply goes out as a `submit_sm`, and the SMSC's receipt (its id in
+/// another case and with leading zeros) makes it D.
+#[tokio::test]
+async fn a_message_in_a_reply_out_and_its_receipt_to_delivered() {
+    let smsc = Smsc::start().await;
+    let db = TestDb::new().await;
+    db.backend("op", "smpp", smsc.config(), None).await;
+    let (_w, stop) = run_worker(&db).await;
+    wait_until("the worker bound", LIMIT, || async {
+        smsc.bound_sessions() == 1
+    })
+    .await;
+
+    // GSM 7-bit, unpacked: @ is 0x00, € the escape then 0x65
+    smsc.deliver("255700000001", 0, 0, b"echo hi \x00 \x1b\x65".to_vec())
+        .await;
+    wait_until("the reply submitted", LIMIT, || async {
+        !smsc.submitted().is_empty()
+    })
+    .await;
+    let sent = smsc.submitted();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].destination, "255700000001");
+    assert_eq!(sent[0].source, "4321");
+    assert_eq!(sent[0].data_coding, 0);
+    assert_eq!(sent[0].registered_delivery & 1, 1, "receipts asked for");
+    assert_eq!(
+        dbrouter::gsm::decode_unpacked(&sent[0].short_message).unwrap(),
+        "hi @ €"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT identity || ':' || text FROM dbrouter.messages m JOIN dbrouter.transmissions t ON t.message_id = m.id JOIN dbrouter.connections c ON c.id = t.connection_id WHERE m.direction = 'I'").await,
+        "+255700000001:echo hi @ €"
+    );
+    wait_until("the reply S", LIMIT, || async {
+        scalar(
+            &db,
+            "SELECT string_agg(status, '') FROM dbrouter.messages WHERE direction = 'O'",
+        )
+        .await
+            == "S"
+    })
+    .await;
+    assert_eq!(
+        scalar(&db, "SELECT t.external_id FROM dbrouter.transmissions t JOIN dbrouter.messages m ON m.id = t.message_id WHERE m.direction = 'O'").await,
+        sent[0].id.trim_start_matches('0').to_lowercase()
+    );
+
+    smsc.receipt(&sent[0].id, "DELIVRD").await;
+    wait_until("the reply D", LIMIT, || async {
+        scalar(
+            &db,
+            "SELECT string_agg(status, '') FROM dbrouter.messages WHERE direction = 'O'",
+        )
+        .await
+            == "D"
+    })
+    .await;
+    stop.cancel();
+    db.assert_invariants().await;
+    db.drop().await;
+    smsc.stop().await;
+}
+
+/// Long and unicode texts go in parts with a concatenation header, each
+/// part's bytes exactly the text's; the message records its segments.
+#[tokio::test]
+async fn long_and_unicode_texts_go_in_concatenated_parts() {
+    let smsc = Smsc::start().await;
+    let db = TestDb::new().await;
+    db.backend("op", "smpp", smsc.config(), None).await;
+    let long = "0123456789".repeat(20); // 200 GSM characters: 2 parts
+    let emoji = format!("Привет {}", "😀".repeat(40)); // UCS-2, 87 units: 2 parts
+    db.broadcast("op", &["+255700000001".into()], &long).await;
+    db.broadcast("op", &["+255700000002".into()], &emoji).await;
+    let (_w, stop) = run_worker(&db).await;
+    wait_until("both messages S", LIMIT, || async {
+        scalar(
+            &db,
+            "SELECT string_agg(status, '' ORDER BY id) FROM dbrouter.messages",
+        )
+        .await
+            == "SS"
+    })
+    .await;
+    stop.cancel();
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT string_agg(encoding || segments, ',' ORDER BY id) FROM dbrouter.messages"
+        )
+        .await,
+        "gsm72,ucs22"
+    );
+    let sent = smsc.submitted();
+    assert_eq!(sent.len(), 4);
+    for dest in ["255700000001", "255700000002"] {
+        let mut parts: Vec<_> = sent.iter().filter(|s| s.destination == dest).collect();
+        parts.sort_by_key(|s| s.short_message[5]);
+        assert!(parts.iter().all(|p| p.esm_class & 0x40 != 0), "UDHI set");
+        let reference = parts[0].short_message[3];
+        let mut joined = Vec::new();
+        for (k, p) in parts.iter().enumerate() {
+            assert_eq!(&p.short_message[..6], &[5, 0, 3, reference, 2, k as u8 + 1]);
+            joined.extend_from_slice(&p.short_message[6..]);
+        }
+        let text = if dest.ends_with('1') {
+            assert_eq!(parts[0].data_coding, 0);
+            assert_eq!(parts[0].short_message.len(), 6 + 153);
+            dbrouter::gsm::decode_unpacked(&joined).unwrap()
+        } else {
+            assert_eq!(parts[0].data_coding, 8);
+            let units: Vec<u16> = joined
+                .chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).expect("no surrogate pair cut in two")
+        };
+        assert_eq!(&text, if dest.ends_with('1') { &long } else { &emoji });
+    }
+    db.drop().await;
+    smsc.stop().await;
+}
+
+/// ESME_RTHROTTLED puts the transmission back for later without using an
+/// attempt; ESME_RINVDSTADR ends it E for good.
+#[tokio::test]
+async fn throttling_waits_and_a_refused_destination_fails_for_good() {
+    let smsc = Smsc::start().await;
+    let db = TestDb::new().await;
+    let mut config = smsc.config();
+    config["throttle_wait"] = json!("200ms");
+    db.backend("op", "smpp", config, None).await;
+    smsc.throttle_next(1);
+    smsc.refuse_destination("255700000009");
+    db.broadcast("op", &["+255700000001".into()], "one").await;
+    db.broadcast("op", &["+255700000009".into()], "two").await;
+    let (_w, stop) = run_worker(&db).await;
+    wait_until("both final", LIMIT, || async {
+        scalar(&db, "SELECT string_agg(t.status || coalesce(t.due_at::text, '-'), ',' ORDER BY t.id) FROM dbrouter.transmissions t").await == "S-,E-"
+    })
+    .await;
+    stop.cancel();
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT string_agg(attempts::text, ',' ORDER BY id) FROM dbrouter.transmissions"
+        )
+        .await,
+        "1,1",
+        "the throttled send used no attempt"
+    );
+    let error = scalar(
+        &db,
+        "SELECT last_error FROM dbrouter.transmissions ORDER BY id DESC LIMIT 1",
+    )
+    .await;
+    assert!(error.contains("EsmeRinvdstadr"), "{error}");
+    db.drop().await;
+    smsc.stop().await;
+}
+
+/// Credentials the SMSC refuses: nothing is sent, the backend is paused
+/// with the reason, the message waits Q.
+#[tokio::test]
+async fn refused_credentials_pause_the_backend() {
+    let smsc = Smsc::start().await;
+    let db = TestDb::new().await;
+    let mut config = smsc.config();
+    config["password"] = json!("wrong");
+    db.backend("op", "smpp", config, None).await;
+    db.broadcast("op", &["+255700000001".into()], "hello").await;
+    let (_w, stop) = run_worker(&db).await;
+    wait_until("the backend paused", LIMIT, || async {
+        !scalar(
+            &db,
+            "SELECT coalesce(pause_reason, '') FROM dbrouter.backends",
+        )
+        .await
+        .is_empty()
+    })
+    .await;
+    stop.cancel();
+    let reason = scalar(&db, "SELECT pause_reason FROM dbrouter.backends").await;
+    assert!(reason.contains("credentials"), "{reason}");
+    assert!(
+        !reason.contains("wrong"),
+        "no password in the reason: {reason}"
+    );
+    assert!(smsc.submitted().is_empty());
+    assert_eq!(
+        scalar(&db, "SELECT status FROM dbrouter.transmissions").await,
+        "Q"
+    );
+    db.drop().await;
+    smsc.stop().await;
+}
+
+/// The SMSC goes away in the middle of a broadcast and comes back on the
+/// same port: the binds come back and every identity is sent; none lost.
+#[tokio::test]
+async fn an_smsc_restarted_mid_broadcast_loses_nothing() {
+    let smsc = Smsc::start().await;
+    let port = smsc.port;
+    let db = TestDb::new().await;
+    db.backend("op", "smpp", smsc.config(), Some(50)).await;
+    let ids: Vec<String> = (0..600).map(|i| format!("+2557{i:08}")).collect();
+    let (_w, stop) = run_worker(&db).await;
+    wait_until("the worker bound", LIMIT, || async {
+        smsc.bound_sessions() == 1
+    })
+    .await;
+    db.broadcast("op", &ids, "news").await;
+    wait_until("some sent", LIMIT, || async {
+        smsc.submitted().len() >= 50
+    })
+    .await;
+    let before = smsc.submitted();
+    smsc.stop().await;
+    let smsc = Smsc::start_on(port).await;
+    wait_until("every identity final", Duration::from_secs(90), || async {
+        db.scalar_i64("SELECT count(*) FROM dbrouter.transmissions WHERE status IN ('S', 'E') AND due_at IS NULL").await == 600
+    })
+    .await;
+    stop.cancel();
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.transmissions WHERE status = 'S'")
+            .await,
+        600
+    );
+    let mut reached: Vec<String> = before
+        .iter()
+        .chain(smsc.submitted().iter())
+        .map(|s| s.destination.clone())
+        .collect();
+    reached.sort();
+    let total = reached.len();
+    reached.dedup();
+    assert_eq!(reached.len(), 600, "every identity reached the SMSC");
+    // Duplicates only for submits in flight when the SMSC went away.
+    assert!(total - 600 <= 10, "{} duplicates", total - 600);
+    db.assert_invariants().await;
+    db.drop().await;
+    smsc.stop().await;
+}
