@@ -590,6 +590,33 @@ $$;
 
 
 --
+-- Name: flush_parts(interval); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.flush_parts(p_older_than interval) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    g record;
+    n integer := 0;
+BEGIN
+    FOR g IN SELECT backend_id, sender, reference, total
+               FROM dbrouter.inbound_parts
+              GROUP BY 1, 2, 3, 4
+             HAVING min(received_at) < now() - p_older_than
+              LIMIT 1000
+    LOOP
+        PERFORM pg_advisory_xact_lock(hashtext('dbrouter.inbound_parts'),
+                                      hashtext(g.backend_id || ' ' || g.sender || ' ' || g.reference));
+        PERFORM dbrouter.join_parts(g.backend_id, g.sender, g.reference, g.total);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+
+--
 -- Name: inbox_drain(); Type: FUNCTION; Schema: dbrouter; Owner: -
 --
 
@@ -658,6 +685,31 @@ BEGIN
     PERFORM pg_notify('dbrouter', '');
     RETURN NULL;
 END
+$$;
+
+
+--
+-- Name: join_parts(integer, text, integer, integer); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.join_parts(p_backend_id integer, p_sender text, p_reference integer, p_total integer) RETURNS void
+    LANGUAGE sql
+    AS $$
+    WITH gone AS (
+        DELETE FROM dbrouter.inbound_parts
+         WHERE backend_id = p_backend_id AND sender = p_sender AND reference = p_reference
+           AND total = p_total
+        RETURNING part, text
+    )
+    INSERT INTO dbrouter.inbox (backend, identity, text, fields)
+    SELECT b.name, p_sender, string_agg(g.text, '' ORDER BY g.part),
+           jsonb_build_object('parts', p_total)
+           || CASE WHEN count(*) < p_total
+                   THEN jsonb_build_object('incomplete', true,
+                                           'parts_received', jsonb_agg(g.part ORDER BY g.part))
+                   ELSE '{}'::jsonb END
+      FROM gone g JOIN dbrouter.backends b ON b.id = p_backend_id
+     GROUP BY b.name
 $$;
 
 
@@ -1000,6 +1052,43 @@ BEGIN
     RAISE EXCEPTION '%: %', source, problem
         USING ERRCODE = 'check_violation',
               HINT = 'nothing from this statement was enqueued';
+END
+$$;
+
+
+--
+-- Name: receive_part(text, text, integer, integer, integer, text); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.receive_part(p_backend text, p_sender text, p_reference integer, p_total integer, p_part integer, p_text text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_backend_id integer;
+    v_have integer;
+BEGIN
+    SELECT id INTO v_backend_id FROM dbrouter.backends WHERE name = p_backend;
+    IF v_backend_id IS NULL THEN
+        PERFORM dbrouter.raise_enqueue_problem('dbrouter.receive_part',
+            format('unknown backend %L', p_backend));
+    END IF;
+    IF p_total NOT BETWEEN 2 AND 255 OR p_part NOT BETWEEN 1 AND p_total THEN
+        PERFORM dbrouter.raise_enqueue_problem('dbrouter.receive_part',
+            format('part %s of %s is not a part of a concatenated message', p_part, p_total));
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('dbrouter.inbound_parts'),
+                                  hashtext(v_backend_id || ' ' || p_sender || ' ' || p_reference));
+    INSERT INTO dbrouter.inbound_parts (backend_id, sender, reference, total, part, text)
+    VALUES (v_backend_id, p_sender, p_reference, p_total, p_part, p_text)
+    ON CONFLICT DO NOTHING;
+    SELECT count(*) INTO v_have FROM dbrouter.inbound_parts
+     WHERE backend_id = v_backend_id AND sender = p_sender AND reference = p_reference
+       AND total = p_total;
+    IF v_have < p_total THEN
+        RETURN false;
+    END IF;
+    PERFORM dbrouter.join_parts(v_backend_id, p_sender, p_reference, p_total);
+    RETURN true;
 END
 $$;
 
@@ -1557,6 +1646,23 @@ CREATE VIEW dbrouter.fanouts_waiting AS
 
 
 --
+-- Name: inbound_parts; Type: TABLE; Schema: dbrouter; Owner: -
+--
+
+CREATE TABLE dbrouter.inbound_parts (
+    backend_id integer NOT NULL,
+    sender text NOT NULL,
+    reference integer NOT NULL,
+    total integer NOT NULL,
+    part integer NOT NULL,
+    text text NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT inbound_part_number CHECK (((part >= 1) AND (part <= total))),
+    CONSTRAINT inbound_part_total CHECK (((total >= 2) AND (total <= 255)))
+);
+
+
+--
 -- Name: inbox; Type: TABLE; Schema: dbrouter; Owner: -
 --
 
@@ -1922,6 +2028,14 @@ ALTER TABLE ONLY dbrouter.fanouts
 
 
 --
+-- Name: inbound_parts inbound_parts_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.inbound_parts
+    ADD CONSTRAINT inbound_parts_pkey PRIMARY KEY (backend_id, sender, reference, total, part);
+
+
+--
 -- Name: keywords keywords_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
 --
 
@@ -2005,6 +2119,13 @@ CREATE INDEX attempts_transmission ON dbrouter.attempts USING btree (transmissio
 --
 
 CREATE INDEX database_backend_sends_transmission ON dbrouter.database_backend_sends USING btree (transmission_id);
+
+
+--
+-- Name: inbound_parts_received; Type: INDEX; Schema: dbrouter; Owner: -
+--
+
+CREATE INDEX inbound_parts_received ON dbrouter.inbound_parts USING btree (received_at);
 
 
 --
@@ -2169,6 +2290,14 @@ ALTER TABLE ONLY dbrouter.backend_rates
 
 ALTER TABLE ONLY dbrouter.fanouts
     ADD CONSTRAINT fanouts_backend_id_fkey FOREIGN KEY (backend_id) REFERENCES dbrouter.backends(id);
+
+
+--
+-- Name: inbound_parts inbound_parts_backend_id_fkey; Type: FK CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.inbound_parts
+    ADD CONSTRAINT inbound_parts_backend_id_fkey FOREIGN KEY (backend_id) REFERENCES dbrouter.backends(id);
 
 
 --

@@ -346,3 +346,94 @@ BEGIN
     RETURN v_written;
 END
 $function$;
+
+-- One part of a long message from a phone (migrations/0012_inbound_parts.sql).
+-- Kept until every part of its message is there; then the parts, in order,
+-- become one message through dbrouter.inbox, in this same transaction
+-- (fields: {"parts": n}). Parts of one message arriving at once (two binds,
+-- two workers) take turns on an advisory lock, so the last always sees the
+-- others. A part seen before (an SMSC sending it again) changes nothing.
+-- Returns true when this part completed its message.
+CREATE OR REPLACE FUNCTION dbrouter.receive_part(p_backend text, p_sender text, p_reference integer, p_total integer, p_part integer, p_text text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_backend_id integer;
+    v_have integer;
+BEGIN
+    SELECT id INTO v_backend_id FROM dbrouter.backends WHERE name = p_backend;
+    IF v_backend_id IS NULL THEN
+        PERFORM dbrouter.raise_enqueue_problem('dbrouter.receive_part',
+            format('unknown backend %L', p_backend));
+    END IF;
+    IF p_total NOT BETWEEN 2 AND 255 OR p_part NOT BETWEEN 1 AND p_total THEN
+        PERFORM dbrouter.raise_enqueue_problem('dbrouter.receive_part',
+            format('part %s of %s is not a part of a concatenated message', p_part, p_total));
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('dbrouter.inbound_parts'),
+                                  hashtext(v_backend_id || ' ' || p_sender || ' ' || p_reference));
+    INSERT INTO dbrouter.inbound_parts (backend_id, sender, reference, total, part, text)
+    VALUES (v_backend_id, p_sender, p_reference, p_total, p_part, p_text)
+    ON CONFLICT DO NOTHING;
+    SELECT count(*) INTO v_have FROM dbrouter.inbound_parts
+     WHERE backend_id = v_backend_id AND sender = p_sender AND reference = p_reference
+       AND total = p_total;
+    IF v_have < p_total THEN
+        RETURN false;
+    END IF;
+    PERFORM dbrouter.join_parts(v_backend_id, p_sender, p_reference, p_total);
+    RETURN true;
+END
+$function$;
+
+-- The held parts of one message, in order, as one message through
+-- dbrouter.inbox; fields {"parts": total}, and for a message not whole
+-- {"incomplete": true, "parts_received": [...]}. The caller holds the
+-- message's advisory lock.
+CREATE OR REPLACE FUNCTION dbrouter.join_parts(p_backend_id integer, p_sender text, p_reference integer, p_total integer)
+ RETURNS void
+ LANGUAGE sql
+AS $function$
+    WITH gone AS (
+        DELETE FROM dbrouter.inbound_parts
+         WHERE backend_id = p_backend_id AND sender = p_sender AND reference = p_reference
+           AND total = p_total
+        RETURNING part, text
+    )
+    INSERT INTO dbrouter.inbox (backend, identity, text, fields)
+    SELECT b.name, p_sender, string_agg(g.text, '' ORDER BY g.part),
+           jsonb_build_object('parts', p_total)
+           || CASE WHEN count(*) < p_total
+                   THEN jsonb_build_object('incomplete', true,
+                                           'parts_received', jsonb_agg(g.part ORDER BY g.part))
+                   ELSE '{}'::jsonb END
+      FROM gone g JOIN dbrouter.backends b ON b.id = p_backend_id
+     GROUP BY b.name
+$function$;
+
+-- Deliver, as they are and flagged, the messages whose parts have waited
+-- longer than p_older_than for the rest (the workers' housekeeping runs it
+-- with --reassembly-timeout). Returns how many messages it delivered.
+CREATE OR REPLACE FUNCTION dbrouter.flush_parts(p_older_than interval)
+ RETURNS integer
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    g record;
+    n integer := 0;
+BEGIN
+    FOR g IN SELECT backend_id, sender, reference, total
+               FROM dbrouter.inbound_parts
+              GROUP BY 1, 2, 3, 4
+             HAVING min(received_at) < now() - p_older_than
+              LIMIT 1000
+    LOOP
+        PERFORM pg_advisory_xact_lock(hashtext('dbrouter.inbound_parts'),
+                                      hashtext(g.backend_id || ' ' || g.sender || ' ' || g.reference));
+        PERFORM dbrouter.join_parts(g.backend_id, g.sender, g.reference, g.total);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$function$;

@@ -29,6 +29,9 @@ pub struct WorkerConfig {
     pub max_backoff: Duration,
     /// Attempts per transmission before it stays E for good.
     pub max_attempts: u32,
+    /// How long the parts of a long message from a phone wait for the rest
+    /// before they are delivered as they are, flagged (SMPP).
+    pub reassembly_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -44,6 +47,7 @@ impl Default for WorkerConfig {
             retry_backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(3600),
             max_attempts: 5,
+            reassembly_timeout: Duration::from_secs(3600),
         }
     }
 }

@@ -198,6 +198,7 @@ mod tests {
             (9, "55ece307d5c845a5d097c90c37524dcd8b2cb7cbfb49536ddf4791191cd0feff52e5f8a938fd0d3db82885e76e3b4a62"),
             (10, "6598c6b647fa3f675638a5c689aa07ed0f48ac22d01b9600f9b11b2ab5ccb99e802c32c3a822c31e688808629af8e21c"),
             (11, "2c7ed874455f322cb83a2ee2e547274fe11aad81ba886d82f32edd072641d3ce919d5f40ffa69f5504cee5189b0cbf45"),
+            (12, "3a601714810e367957c84bcfc199f31ed2ef918d4a46a134e43b95006ab19a26a2530ebf2403e27e107975fc969a4b38"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR

@@ -1,7 +1,8 @@
 //! What each worker does about once a second, off the lanes' path (so a
 //! message never waits behind it): end transmissions whose deadline passed
 //! or whose message was cancelled (E "expired"/"cancelled"; the claim never
-//! takes them), and apply the delivery reports `dbrouter serve` recorded.
+//! takes them), apply the delivery reports `dbrouter serve` recorded, and
+//! deliver long messages from phones whose parts waited too long.
 
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ pub struct Housekeeping {
 
 impl Housekeeping {
     /// Run it, unless this worker did less than [`INTERVAL`] ago.
-    pub async fn run_if_due(&self, pool: &PgPool) -> Result<()> {
+    pub async fn run_if_due(&self, pool: &PgPool, reassembly_timeout: Duration) -> Result<()> {
         {
             let mut at = self.ran_at.lock().await;
             if at.is_some_and(|t| t.elapsed() < INTERVAL) {
@@ -40,6 +41,19 @@ impl Housekeeping {
         let applied = in_batches(pool, include_str!("../sql/apply_receipts.sql")).await?;
         if applied > 0 {
             tracing::debug!(n = applied, "applied delivery reports");
+        }
+        let mut conn = Conn::acquire(pool).await?;
+        let (flushed,): (i32,) = sqlx::query_as(include_str!("../sql/flush_parts.sql"))
+            .persistent(crate::db::prepared())
+            .bind(reassembly_timeout.as_secs_f64())
+            .fetch_one(conn.get())
+            .await?;
+        conn.done().await?;
+        if flushed > 0 {
+            tracing::warn!(
+                n = flushed,
+                "delivered long messages whose parts did not all arrive"
+            );
         }
         Ok(())
     }

@@ -235,6 +235,10 @@ struct WorkerArgs {
     /// Attempts per transmission before it stays E.
     #[arg(long, env = "DBROUTER_MAX_ATTEMPTS", default_value_t = 5)]
     max_attempts: u32,
+    /// How long the parts of a long message from a phone (SMPP) wait for the
+    /// rest before they are delivered as they are, flagged.
+    #[arg(long, env = "DBROUTER_REASSEMBLY_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    reassembly_timeout: Duration,
     /// Parse every statement unnamed (for PgBouncer before 1.21 in transaction
     /// mode, with --poll-only).
     #[arg(long, env = "DBROUTER_NO_PREPARED_STATEMENTS")]
@@ -257,6 +261,7 @@ impl WorkerArgs {
             retry_backoff: self.retry_backoff,
             max_backoff: self.max_backoff,
             max_attempts: self.max_attempts,
+            reassembly_timeout: self.reassembly_timeout,
         }
     }
 }

@@ -130,7 +130,11 @@ impl Worker {
     /// second, off the lanes' path.
     async fn housekeeping(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            if let Err(e) = self.housekeeping.run_if_due(&self.pool).await {
+            if let Err(e) = self
+                .housekeeping
+                .run_if_due(&self.pool, self.cfg.reassembly_timeout)
+                .await
+            {
                 tracing::warn!(error = %e, "housekeeping failed; will retry");
             }
             tokio::select! {
@@ -145,7 +149,9 @@ impl Worker {
         let mut total = 0;
         self.fanouts.store(true, Ordering::Release);
         loop {
-            self.housekeeping.run_if_due(&self.pool).await?;
+            self.housekeeping
+                .run_if_due(&self.pool, self.cfg.reassembly_timeout)
+                .await?;
             let pass = self.work_once().await?;
             total += pass.claimed;
             if pass.claimed == 0 && pass.expanded == 0 {

@@ -277,3 +277,112 @@ async fn an_smsc_restarted_mid_broadcast_loses_nothing() {
     db.drop().await;
     smsc.stop().await;
 }
+
+/// A long message from a phone in parts (a user data header with an 8-bit
+/// reference, or SAR TLVs), out of order and one part sent twice, arrives
+/// as one message, whole.
+#[tokio::test]
+async fn a_long_message_from_a_phone_arrives_whole() {
+    let smsc = Smsc::start().await;
+    let db = TestDb::new().await;
+    db.backend("op", "smpp", smsc.config(), None).await;
+    // no app answers: only the inbound side is looked at
+    let worker = Worker::new(
+        db.pool.clone(),
+        Default::default(),
+        test_config(),
+        dbrouter::apps::Pipeline::new(vec![]),
+    )
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(worker.clone().run(stop.clone()));
+    wait_until("the worker bound", LIMIT, || async {
+        smsc.bound_sessions() == 1
+    })
+    .await;
+
+    let text: String = "Привет, это длинное сообщение. ".repeat(5); // UCS-2, 155 units
+    let units: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    let pieces: Vec<&[u8]> = units.chunks(134).collect(); // 67 units a part
+    assert_eq!(pieces.len(), 3);
+    for k in [2usize, 0, 2, 1] {
+        let mut sm = vec![5, 0, 3, 0x2A, 3, k as u8 + 1];
+        sm.extend_from_slice(pieces[k]);
+        smsc.deliver("255700000001", 0x40, 8, sm).await;
+    }
+    wait_until("one message", LIMIT, || async {
+        db.scalar_i64("SELECT count(*) FROM dbrouter.messages")
+            .await
+            == 1
+    })
+    .await;
+    assert_eq!(
+        scalar(&db, "SELECT text FROM dbrouter.messages").await,
+        text
+    );
+    assert_eq!(
+        scalar(&db, "SELECT fields::text FROM dbrouter.messages").await,
+        r#"{"parts": 3}"#
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.inbound_parts")
+            .await,
+        0
+    );
+    stop.cancel();
+    db.drop().await;
+    smsc.stop().await;
+}
+
+/// Parts whose message never completes are delivered as they are after
+/// --reassembly-timeout, flagged, never dropped.
+#[tokio::test]
+async fn parts_that_never_complete_are_delivered_flagged() {
+    let smsc = Smsc::start().await;
+    let db = TestDb::new().await;
+    db.backend("op", "smpp", smsc.config(), None).await;
+    let mut cfg = test_config();
+    cfg.reassembly_timeout = Duration::from_secs(1);
+    let worker = Worker::new(
+        db.pool.clone(),
+        Default::default(),
+        cfg,
+        dbrouter::apps::Pipeline::new(vec![]),
+    )
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(worker.clone().run(stop.clone()));
+    wait_until("the worker bound", LIMIT, || async {
+        smsc.bound_sessions() == 1
+    })
+    .await;
+    for (k, piece) in [(1u8, &b"first "[..]), (3, &b"third"[..])] {
+        let mut sm = vec![6, 8, 4, 0x01, 0x02, 3, k]; // 16-bit reference 0x0102
+        sm.extend_from_slice(piece);
+        smsc.deliver("255700000001", 0x40, 0, sm).await;
+    }
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.inbound_parts")
+            .await,
+        2
+    );
+    wait_until("the parts delivered", LIMIT, || async {
+        db.scalar_i64("SELECT count(*) FROM dbrouter.messages")
+            .await
+            == 1
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT text || ' ' || fields::text FROM dbrouter.messages"
+        )
+        .await,
+        r#"first third {"parts": 3, "incomplete": true, "parts_received": [1, 3]}"#
+    );
+    stop.cancel();
+    db.drop().await;
+    smsc.stop().await;
+}

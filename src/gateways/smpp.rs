@@ -664,7 +664,7 @@ impl Receiver {
                 self.receipt(receipt_id(&id, self.receipt_ids), outcome, detail)
                     .await
             }
-            Ok(Delivered::Message { from, text, fields }) => self.message(from, text, fields).await,
+            Ok(Delivered::Message { from, text, part }) => self.message(from, text, part).await,
             Err(e) => {
                 tracing::warn!(backend = %self.backend, error = %e, "SMPP deliver_sm refused");
                 return CommandStatus::EsmeRxPAppn;
@@ -679,16 +679,32 @@ impl Receiver {
         }
     }
 
-    async fn message(&self, from: String, text: String, fields: Value) -> Result<(), sqlx::Error> {
-        sqlx::query(include_str!("../../sql/serve_inbox.sql"))
-            .bind(vec![self.backend.clone()])
-            .bind(vec![from])
-            .bind(vec![text])
-            .bind(vec![None::<String>])
-            .bind(vec![fields])
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+    /// A message, or a part of a long one (held until its message is whole:
+    /// dbrouter.receive_part).
+    async fn message(
+        &self,
+        from: String,
+        text: String,
+        part: Option<(u16, u8, u8)>,
+    ) -> Result<(), sqlx::Error> {
+        let query = match part {
+            Some((reference, total, number)) => {
+                sqlx::query(include_str!("../../sql/smpp_receive_part.sql"))
+                    .bind(self.backend.clone())
+                    .bind(from)
+                    .bind(i32::from(reference))
+                    .bind(i32::from(total))
+                    .bind(i32::from(number))
+                    .bind(text)
+            }
+            None => sqlx::query(include_str!("../../sql/serve_inbox.sql"))
+                .bind(vec![self.backend.clone()])
+                .bind(vec![from])
+                .bind(vec![text])
+                .bind(vec![None::<String>])
+                .bind(vec![Value::Object(Default::default())]),
+        };
+        query.execute(&self.pool).await.map(|_| ())
     }
 
     async fn receipt(
@@ -732,7 +748,8 @@ enum Delivered {
     Message {
         from: String,
         text: String,
-        fields: Value,
+        /// (reference, total, number) of a part of a long message
+        part: Option<(u16, u8, u8)>,
     },
 }
 
@@ -743,11 +760,15 @@ fn parse(d: &DeliverSm) -> Result<Delivered, String> {
     let mut receipted = None;
     let mut state = None;
     let mut payload = None;
+    let (mut sar_ref, mut sar_total, mut sar_seq) = (None, None, None);
     for tlv in d.tlvs() {
         match tlv.value() {
             Some(TlvValue::ReceiptedMessageId(id)) => receipted = Some(id.to_string()),
             Some(TlvValue::MessageState(s)) => state = Some(u8::from(*s)),
             Some(TlvValue::MessagePayload(p)) => payload = Some(p.value.as_ref().to_vec()),
+            Some(TlvValue::SarMsgRefNum(r)) => sar_ref = Some(*r),
+            Some(TlvValue::SarTotalSegments(t)) => sar_total = Some(*t),
+            Some(TlvValue::SarSegmentSeqnum(n)) => sar_seq = Some(*n),
             _ => {}
         }
     }
@@ -783,20 +804,29 @@ fn parse(d: &DeliverSm) -> Result<Delivered, String> {
     }
     let coding = u8::from(d.data_coding);
     let mut body = body.as_slice();
-    let mut fields = serde_json::Map::new();
+    let mut part = match (sar_ref, sar_total, sar_seq) {
+        (Some(r), Some(t), Some(n)) => Some((r, t, n)),
+        _ => None,
+    };
     if esm & 0x40 != 0 {
-        // a user data header: skip it (its concatenation fields kept)
+        // A user data header: skipped, its concatenation element kept
+        // (0x00: 8-bit reference, 0x08: 16-bit).
         let len = usize::from(
             *body
                 .first()
                 .ok_or("an empty message with a user data header")?,
         );
-        let header = body
+        let mut header = body
             .get(1..=len)
             .ok_or("a user data header longer than the message")?;
-        if let [0x00, 0x03, r, t, s, ..] = header {
-            fields.insert("part".into(), Value::from(format!("{s}/{t}")));
-            fields.insert("part_ref".into(), Value::from(*r));
+        while let [iei, iel, rest @ ..] = header {
+            let (element, next) = rest.split_at(usize::from(*iel).min(rest.len()));
+            match (iei, element) {
+                (0x00, [r, t, n]) => part = Some((u16::from(*r), *t, *n)),
+                (0x08, [r1, r2, t, n]) => part = Some((u16::from_be_bytes([*r1, *r2]), *t, *n)),
+                _ => {}
+            }
+            header = next;
         }
         body = &body[len + 1..];
     }
@@ -828,7 +858,7 @@ fn parse(d: &DeliverSm) -> Result<Delivered, String> {
     Ok(Delivered::Message {
         from,
         text,
-        fields: Value::Object(fields),
+        part: part.filter(|&(_, total, _)| total > 1),
     })
 }
 

@@ -247,6 +247,7 @@ pub fn test_config() -> WorkerConfig {
         retry_backoff: Duration::ZERO,
         max_backoff: Duration::ZERO,
         max_attempts: 5,
+        reassembly_timeout: Duration::from_secs(3600),
     }
 }
 
