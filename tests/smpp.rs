@@ -18,10 +18,27 @@ use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// A worker running in the background until the returned token is cancelled.
+/// A worker (answering with `echo`) running in the background until the
+/// returned token is cancelled.
 async fn run_worker(db: &TestDb) -> (Arc<Worker>, CancellationToken) {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let worker = db.worker(test_config()).await;
+    run(worker)
+}
+
+/// A worker without apps (only the inbound side is looked at), bound to
+/// the SMSC before this returns.
+async fn run_receiver(db: &TestDb, smsc: &Smsc, cfg: dbrouter::WorkerConfig) -> CancellationToken {
+    let worker = db.worker_with(cfg, vec![]).await;
+    let (_w, stop) = run(worker);
+    wait_until("the worker bound", LIMIT, || async {
+        smsc.bound_sessions() == 1
+    })
+    .await;
+    stop
+}
+
+fn run(worker: Arc<Worker>) -> (Arc<Worker>, CancellationToken) {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let stop = CancellationToken::new();
     tokio::spawn(worker.clone().run(stop.clone()));
     (worker, stop)
@@ -286,21 +303,7 @@ async fn a_long_message_from_a_phone_arrives_whole() {
     let smsc = Smsc::start().await;
     let db = TestDb::new().await;
     db.backend("op", "smpp", smsc.config(), None).await;
-    // no app answers: only the inbound side is looked at
-    let worker = Worker::new(
-        db.pool.clone(),
-        Default::default(),
-        test_config(),
-        dbrouter::apps::Pipeline::new(vec![]),
-    )
-    .await
-    .unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(worker.clone().run(stop.clone()));
-    wait_until("the worker bound", LIMIT, || async {
-        smsc.bound_sessions() == 1
-    })
-    .await;
+    let stop = run_receiver(&db, &smsc, test_config()).await;
 
     let text: String = "Привет, это длинное сообщение. ".repeat(5); // UCS-2, 155 units
     let units: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
@@ -344,20 +347,7 @@ async fn parts_that_never_complete_are_delivered_flagged() {
     db.backend("op", "smpp", smsc.config(), None).await;
     let mut cfg = test_config();
     cfg.reassembly_timeout = Duration::from_secs(1);
-    let worker = Worker::new(
-        db.pool.clone(),
-        Default::default(),
-        cfg,
-        dbrouter::apps::Pipeline::new(vec![]),
-    )
-    .await
-    .unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(worker.clone().run(stop.clone()));
-    wait_until("the worker bound", LIMIT, || async {
-        smsc.bound_sessions() == 1
-    })
-    .await;
+    let stop = run_receiver(&db, &smsc, cfg).await;
     for (k, piece) in [(1u8, &b"first "[..]), (3, &b"third"[..])] {
         let mut sm = vec![6, 8, 4, 0x01, 0x02, 3, k]; // 16-bit reference 0x0102
         sm.extend_from_slice(piece);
