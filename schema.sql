@@ -33,21 +33,42 @@ DECLARE
     n integer;
 BEGIN
     WITH picked AS (
-        SELECT r.id, r.outcome, r.detail, r.received_at,
+        SELECT x.*,
                -- an outbound transmission of the reporting backend, or none
-               CASE WHEN r.transmission_id IS NOT NULL
+               -- (a part's receipt counts for its part, below, not here)
+               CASE WHEN x.part_of IS NOT NULL THEN NULL
+                    WHEN x.transmission_id IS NOT NULL
                     THEN (SELECT t.id FROM dbrouter.transmissions t
                             JOIN dbrouter.messages m ON m.id = t.message_id AND m.direction = 'O'
-                           WHERE t.id = r.transmission_id AND t.backend_id = r.backend_id)
+                           WHERE t.id = x.transmission_id AND t.backend_id = x.backend_id)
                     ELSE (SELECT t.id FROM dbrouter.transmissions t
-                           WHERE t.backend_id = r.backend_id AND t.external_id = r.gateway_id
+                           WHERE t.backend_id = x.backend_id AND t.external_id = x.gateway_id
                            ORDER BY t.id LIMIT 1)
                END AS tid
-          FROM dbrouter.receipts r
-         WHERE r.not_before IS NULL OR r.not_before <= now()
-         ORDER BY r.id
-         LIMIT p_limit
-           FOR UPDATE SKIP LOCKED
+          FROM (SELECT r.id, r.outcome, r.detail, r.received_at, r.transmission_id, r.backend_id,
+                       r.gateway_id, pt.transmission_id AS part_of, pt.part
+                  FROM dbrouter.receipts r
+                  -- a part of a text sent in several, named by its own id
+                  LEFT JOIN LATERAL (
+                        SELECT p.transmission_id, p.part FROM dbrouter.transmission_parts p
+                         WHERE r.transmission_id IS NULL AND p.backend_id = r.backend_id
+                           AND p.gateway_id = r.gateway_id
+                         ORDER BY p.transmission_id DESC LIMIT 1) pt ON true
+                 WHERE r.not_before IS NULL OR r.not_before <= now()
+                 ORDER BY r.id
+                 LIMIT p_limit
+                   FOR UPDATE OF r SKIP LOCKED) x
+    ), part_changed AS (
+        -- D or E on the parts named; the trigger on transmission_parts
+        -- (roll_up_parts, below) makes their transmission D or E
+        UPDATE dbrouter.transmission_parts p
+           SET status = s.outcome, detail = s.detail, updated_at = now()
+          FROM (SELECT DISTINCT ON (part_of, part) part_of, part, outcome, detail
+                  FROM picked WHERE part_of IS NOT NULL AND outcome IN ('D', 'E')
+                 ORDER BY part_of, part, CASE outcome WHEN 'D' THEN 0 ELSE 1 END, id DESC) s
+         WHERE p.transmission_id = s.part_of AND p.part = s.part
+           AND ((s.outcome = 'D' AND p.status IN ('S', 'E'))
+             OR (s.outcome = 'E' AND p.status = 'S'))
     ), strongest AS (
         SELECT DISTINCT ON (tid) tid, outcome, detail
           FROM picked WHERE tid IS NOT NULL
@@ -79,8 +100,9 @@ BEGIN
                -- a transmission id that is not an outbound transmission of
                -- this backend never will be; a gateway id may not be
                -- recorded yet; a send still in flight will be soon; one
-               -- ended unsent never will be
-               (p.tid IS NULL AND r.transmission_id IS NOT NULL)
+               -- ended unsent never will be; a part's has been counted
+               p.part_of IS NOT NULL
+               OR (p.tid IS NULL AND r.transmission_id IS NOT NULL)
                OR p.received_at < now() - interval '1 day'
                OR EXISTS (SELECT 1 FROM dbrouter.transmissions t
                            WHERE t.id = p.tid AND t.status IN ('S', 'E', 'D')) AS done
@@ -1003,6 +1025,8 @@ BEGIN
 
     DELETE FROM dbrouter.attempts a USING dbrouter.transmissions t
      WHERE t.message_id = ANY (ids) AND a.transmission_id = t.id;
+    DELETE FROM dbrouter.transmission_parts p USING dbrouter.transmissions t
+     WHERE t.message_id = ANY (ids) AND p.transmission_id = t.id;
     DELETE FROM dbrouter.database_backend_sends s USING dbrouter.transmissions t
      WHERE t.message_id = ANY (ids) AND s.transmission_id = t.id;
     DELETE FROM dbrouter.transmissions WHERE message_id = ANY (ids);
@@ -1263,6 +1287,47 @@ CREATE FUNCTION dbrouter.return_tokens(p_backend_id integer, p_unused integer) R
        SET tokens = least(coalesce(b.rate_burst, greatest(1, floor(b.rate_limit))), r.tokens + p_unused)
       FROM dbrouter.backends b
      WHERE r.backend_id = p_backend_id AND b.id = r.backend_id AND b.rate_limit IS NOT NULL
+$$;
+
+
+--
+-- Name: roll_up_parts(); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.roll_up_parts() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    WITH verdict AS (
+        SELECT p.transmission_id AS id,
+               bool_and(p.status = 'D') AS delivered,
+               min(p.part) FILTER (WHERE p.status = 'E') AS failed_part,
+               (array_agg(p.detail ORDER BY p.part) FILTER (WHERE p.status = 'E'))[1] AS detail
+          FROM dbrouter.transmission_parts p
+         WHERE p.transmission_id IN (SELECT DISTINCT transmission_id FROM new_parts)
+         GROUP BY p.transmission_id
+    ), locked AS (
+        SELECT t.id, v.delivered, v.failed_part, v.detail
+          FROM verdict v JOIN dbrouter.transmissions t ON t.id = v.id
+         WHERE (v.failed_part IS NOT NULL AND t.status = 'S')
+            OR (v.failed_part IS NULL AND v.delivered
+                AND (t.status = 'S' OR (t.status = 'E' AND t.sent_at IS NOT NULL)))
+         ORDER BY t.id
+           FOR UPDATE OF t
+    )
+    UPDATE dbrouter.transmissions t
+       SET status = CASE WHEN l.failed_part IS NOT NULL THEN 'E' ELSE 'D' END,
+           due_at = NULL,
+           delivered_at = CASE WHEN l.failed_part IS NULL THEN now() ELSE t.delivered_at END,
+           last_error = CASE WHEN l.failed_part IS NOT NULL
+                             THEN format('delivery failed: part %s: %s', l.failed_part,
+                                         coalesce(l.detail, 'the gateway reported a failure'))
+                             ELSE t.last_error END,
+           updated_at = now()
+      FROM locked l
+     WHERE t.id = l.id;
+    RETURN NULL;
+END
 $$;
 
 
@@ -1950,6 +2015,23 @@ CREATE VIEW dbrouter.stats AS
 
 
 --
+-- Name: transmission_parts; Type: TABLE; Schema: dbrouter; Owner: -
+--
+
+CREATE TABLE dbrouter.transmission_parts (
+    transmission_id bigint NOT NULL,
+    part integer NOT NULL,
+    backend_id integer NOT NULL,
+    gateway_id text NOT NULL,
+    status character(1) DEFAULT 'S'::bpchar NOT NULL,
+    detail text,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT transmission_part_number CHECK (((part >= 1) AND (part <= 255))),
+    CONSTRAINT transmission_part_status CHECK ((status = ANY (ARRAY['S'::bpchar, 'D'::bpchar, 'E'::bpchar])))
+);
+
+
+--
 -- Name: transmissions_id_seq; Type: SEQUENCE; Schema: dbrouter; Owner: -
 --
 
@@ -2092,6 +2174,14 @@ ALTER TABLE ONLY dbrouter.schema_files
 
 
 --
+-- Name: transmission_parts transmission_parts_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.transmission_parts
+    ADD CONSTRAINT transmission_parts_pkey PRIMARY KEY (transmission_id, part);
+
+
+--
 -- Name: transmissions transmissions_message_id_connection_id_key; Type: CONSTRAINT; Schema: dbrouter; Owner: -
 --
 
@@ -2154,6 +2244,13 @@ CREATE INDEX messages_inbound_queued ON dbrouter.messages USING btree (id) WHERE
 --
 
 CREATE INDEX received_ids_message ON dbrouter.received_ids USING btree (message_id);
+
+
+--
+-- Name: transmission_parts_gateway_id; Type: INDEX; Schema: dbrouter; Owner: -
+--
+
+CREATE INDEX transmission_parts_gateway_id ON dbrouter.transmission_parts USING btree (backend_id, gateway_id);
 
 
 --
@@ -2238,6 +2335,13 @@ CREATE TRIGGER messages_refuse_referenced_delete AFTER DELETE ON dbrouter.messag
 --
 
 CREATE TRIGGER outbox_drain AFTER INSERT ON dbrouter.outbox REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION dbrouter.outbox_drain();
+
+
+--
+-- Name: transmission_parts transmission_parts_roll_up; Type: TRIGGER; Schema: dbrouter; Owner: -
+--
+
+CREATE TRIGGER transmission_parts_roll_up AFTER UPDATE ON dbrouter.transmission_parts REFERENCING NEW TABLE AS new_parts FOR EACH STATEMENT EXECUTE FUNCTION dbrouter.roll_up_parts();
 
 
 --

@@ -62,6 +62,8 @@ BEGIN
 
     DELETE FROM dbrouter.attempts a USING dbrouter.transmissions t
      WHERE t.message_id = ANY (ids) AND a.transmission_id = t.id;
+    DELETE FROM dbrouter.transmission_parts p USING dbrouter.transmissions t
+     WHERE t.message_id = ANY (ids) AND p.transmission_id = t.id;
     DELETE FROM dbrouter.database_backend_sends s USING dbrouter.transmissions t
      WHERE t.message_id = ANY (ids) AND s.transmission_id = t.id;
     DELETE FROM dbrouter.transmissions WHERE message_id = ANY (ids);

@@ -30,3 +30,7 @@ SELECT id FROM dbrouter.messages
 
 -- check: delivered transmissions never sent (transmissions)
 SELECT id FROM dbrouter.transmissions WHERE status = 'D' AND sent_at IS NULL
+
+-- check: parts of a transmission sent in several without it (transmissions)
+SELECT p.transmission_id FROM dbrouter.transmission_parts p
+ WHERE NOT EXISTS (SELECT 1 FROM dbrouter.transmissions t WHERE t.id = p.transmission_id)

@@ -13,7 +13,9 @@
 -- $1 lease token, $2 transmission ids, $3 sent?, $4 gateway ids, $5 errors,
 -- $6 permanent?, $7 max attempts, $8 backoff base (s), $9 backoff cap (s),
 -- $10 retry-after seconds (NULL unless throttled), $11 the backend's name
--- when its engine is `database` recording with the outcome (else NULL).
+-- when its engine is `database` recording with the outcome (else NULL);
+-- the parts of texts sent in several (SMPP): $12 transmission ids, $13 part
+-- numbers, $14 the gateway's id of each part (empty arrays otherwise).
 --
 -- Fenced: only rows still P under this batch's lease token are touched, so a
 -- worker whose lease expired (and whose rows another worker re-claimed)
@@ -54,8 +56,19 @@ WITH outcome AS (
            updated_at = now()
       FROM outcome o
      WHERE t.id = o.id AND t.lease_token = $1 AND t.status = 'P'
-    RETURNING t.id, t.message_id, t.connection_id, t.attempts + (o.retry_after IS NOT NULL)::integer AS attempt,
+    RETURNING t.id, t.message_id, t.connection_id, t.backend_id,
+              t.attempts + (o.retry_after IS NOT NULL)::integer AS attempt,
               t.status, t.due_at, o.error
+), parts AS (
+    -- Every part of a text sent in several, so a receipt for any of them
+    -- finds it (migrations/0013_transmission_parts.sql). A part row left by
+    -- an earlier send of the same transmission is replaced.
+    INSERT INTO dbrouter.transmission_parts (transmission_id, part, backend_id, gateway_id)
+    SELECT d.id, p.part, d.backend_id, p.gateway_id
+      FROM unnest($12::bigint[], $13::integer[], $14::text[]) AS p(transmission_id, part, gateway_id)
+      JOIN done d ON d.id = p.transmission_id AND d.status = 'S'
+    ON CONFLICT (transmission_id, part)
+       DO UPDATE SET gateway_id = EXCLUDED.gateway_id, status = 'S', detail = NULL, updated_at = now()
 ), history AS (
     INSERT INTO dbrouter.attempts (transmission_id, attempt, error, final, requeued)
     SELECT id, attempt, coalesce(error, 'unknown error'), due_at IS NULL, status = 'Q'

@@ -199,6 +199,7 @@ mod tests {
             (10, "6598c6b647fa3f675638a5c689aa07ed0f48ac22d01b9600f9b11b2ab5ccb99e802c32c3a822c31e688808629af8e21c"),
             (11, "2c7ed874455f322cb83a2ee2e547274fe11aad81ba886d82f32edd072641d3ce919d5f40ffa69f5504cee5189b0cbf45"),
             (12, "3a601714810e367957c84bcfc199f31ed2ef918d4a46a134e43b95006ab19a26a2530ebf2403e27e107975fc969a4b38"),
+            (13, "0cfa2ea5726894a1370b5eac8ac2af577fafb65b47b8b38fa95741daf96fdeabe0368a52d0d04dfc188651d5e8666ac0"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR

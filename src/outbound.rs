@@ -373,6 +373,10 @@ struct OutcomeArrays {
     errors: Vec<Option<String>>,
     permanent: Vec<bool>,
     retry_after: Vec<Option<f64>>,
+    /// The parts of texts sent in several: transmission, part number, id.
+    part_of: Vec<i64>,
+    part_number: Vec<i32>,
+    part_id: Vec<String>,
 }
 
 impl OutcomeArrays {
@@ -383,13 +387,19 @@ impl OutcomeArrays {
         let mut errors: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
         let mut permanent = Vec::with_capacity(outcomes.len());
         let mut retry_after: Vec<Option<f64>> = Vec::with_capacity(outcomes.len());
+        let (mut part_of, mut part_number, mut part_id) = (Vec::new(), Vec::new(), Vec::new());
         for (id, o) in outcomes {
             retry_after.push(o.requeue_after().map(|d| d.as_secs_f64()));
             ids.push(*id);
             match o {
-                Outcome::Sent { gateway_id } => {
+                Outcome::Sent { gateway_id, parts } => {
                     sent.push(true);
                     gateway_ids.push(gateway_id.clone());
+                    for (k, part) in parts.iter().enumerate() {
+                        part_of.push(*id);
+                        part_number.push(i32::try_from(k + 1).unwrap_or(i32::MAX));
+                        part_id.push(part.clone());
+                    }
                 }
                 _ => {
                     sent.push(false);
@@ -412,6 +422,9 @@ impl OutcomeArrays {
             errors,
             permanent,
             retry_after,
+            part_of,
+            part_number,
+            part_id,
         }
     }
 }
@@ -437,6 +450,9 @@ async fn record_outcomes(
         .bind(cfg.max_backoff.as_secs_f64())
         .bind(&c.retry_after)
         .bind(record_as)
+        .bind(&c.part_of)
+        .bind(&c.part_number)
+        .bind(&c.part_id)
         .fetch_one(conn.get())
         .await?;
     conn.done().await?;

@@ -171,9 +171,7 @@ async fn message_status_rolls_up_from_real_transitions() {
     assert_eq!(status_of(&db, q_s).await, "P", "claiming starts processing");
     let sent = [(
         claimed[0].transmission_id,
-        Outcome::Sent {
-            gateway_id: Some("gw-1".into()),
-        },
+        Outcome::sent(Some("gw-1".into())),
     )];
     let n = outbound::finish(
         &db.pool,
@@ -478,7 +476,7 @@ async fn a_finish_after_the_lease_expired_changes_nothing() {
     // engine either: the record is written only for rows the finish owns.
     let late_sent: Vec<_> = first
         .iter()
-        .map(|c| (c.transmission_id, Outcome::Sent { gateway_id: None }))
+        .map(|c| (c.transmission_id, Outcome::sent(None)))
         .collect();
     assert_eq!(
         outbound::finish(&db.pool, &cfg, 1, &late_sent, Some("gw"), give_up)
@@ -502,7 +500,7 @@ async fn a_finish_after_the_lease_expired_changes_nothing() {
     );
     let ok: Vec<_> = second
         .iter()
-        .map(|c| (c.transmission_id, Outcome::Sent { gateway_id: None }))
+        .map(|c| (c.transmission_id, Outcome::sent(None)))
         .collect();
     assert_eq!(
         outbound::finish(&db.pool, &cfg, 2, &ok, Some("gw"), give_up)

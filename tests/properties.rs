@@ -138,7 +138,7 @@ async fn run_rollup_case(db: &TestDb, n: usize, ops: Vec<Op>) -> Result<(), Test
                     .zip(outcomes.iter().cycle())
                     .map(|(id, o)| {
                         let outcome = match o {
-                            0 => Outcome::Sent { gateway_id: None },
+                            0 => Outcome::sent(None),
                             1 => Outcome::retryable("busy"),
                             2 => Outcome::throttled("slow down", std::time::Duration::ZERO),
                             _ => Outcome::permanent("barred"),

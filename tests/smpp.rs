@@ -376,3 +376,88 @@ async fn parts_that_never_complete_are_delivered_flagged() {
     db.drop().await;
     smsc.stop().await;
 }
+
+/// A text sent in parts is D only when every part's receipt says
+/// delivered, and E as soon as one part's says it failed; each part and its
+/// SMSC id is visible from SQL.
+#[tokio::test]
+async fn receipts_count_per_part() {
+    let smsc = Smsc::start().await;
+    let db = TestDb::new().await;
+    db.backend("op", "smpp", smsc.config(), None).await;
+    let text = "x".repeat(200); // 2 parts
+    db.broadcast(
+        "op",
+        &["+255700000001".into(), "+255700000002".into()],
+        &text,
+    )
+    .await;
+    let (_w, stop) = run_worker(&db).await;
+    wait_until("both sent, two parts each", LIMIT, || async {
+        db.scalar_i64("SELECT count(*) FROM dbrouter.transmission_parts")
+            .await
+            == 4
+    })
+    .await;
+    let sent = smsc.submitted();
+    let id = |dest: &str, part: u8| {
+        sent.iter()
+            .find(|s| s.destination == dest && s.short_message[5] == part)
+            .map(|s| s.id.clone())
+            .expect("that part was submitted")
+    };
+    let state = || async {
+        scalar(
+            &db,
+            "SELECT string_agg(c.identity || ':' || t.status, ',' ORDER BY c.identity)
+               FROM dbrouter.transmissions t JOIN dbrouter.connections c ON c.id = t.connection_id",
+        )
+        .await
+    };
+    smsc.receipt(&id("255700000001", 1), "DELIVRD").await;
+    smsc.receipt(&id("255700000002", 1), "DELIVRD").await;
+    wait_until("the first parts D", LIMIT, || async {
+        db.scalar_i64("SELECT count(*) FROM dbrouter.transmission_parts WHERE status = 'D'")
+            .await
+            == 2
+    })
+    .await;
+    assert_eq!(
+        state().await,
+        "+255700000001:S,+255700000002:S",
+        "one part is not the text"
+    );
+    smsc.receipt(&id("255700000001", 2), "DELIVRD").await;
+    smsc.receipt(&id("255700000002", 2), "UNDELIV").await;
+    wait_until("both final", LIMIT, || async {
+        state().await == "+255700000001:D,+255700000002:E"
+    })
+    .await;
+    let error = scalar(
+        &db,
+        "SELECT last_error FROM dbrouter.transmissions WHERE status = 'E'",
+    )
+    .await;
+    assert!(
+        error.starts_with("delivery failed: part 2: UNDELIV"),
+        "{error}"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT status FROM dbrouter.messages").await,
+        "E"
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM dbrouter.transmission_parts p
+               JOIN dbrouter.transmissions t ON t.id = p.transmission_id
+              WHERE p.part = 1 AND p.gateway_id = t.external_id"
+        )
+        .await,
+        2,
+        "the first part's id is the transmission's"
+    );
+    stop.cancel();
+    db.assert_invariants().await;
+    db.drop().await;
+    smsc.stop().await;
+}

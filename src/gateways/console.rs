@@ -21,10 +21,6 @@ impl Backend for Console {
         for r in &req.recipients {
             tracing::info!(backend = %self.name, message = req.message_id, to = %r.identity, text = %req.text, "send");
         }
-        Ok(req
-            .recipients
-            .iter()
-            .map(|_| Outcome::Sent { gateway_id: None })
-            .collect())
+        Ok(req.recipients.iter().map(|_| Outcome::sent(None)).collect())
     }
 }

@@ -182,7 +182,7 @@ impl Database {
             .iter()
             .map(|r| {
                 self.fails(&r.identity, r.attempt)
-                    .unwrap_or(Outcome::Sent { gateway_id: None })
+                    .unwrap_or(Outcome::sent(None))
             })
             .collect()
     }

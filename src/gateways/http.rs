@@ -265,16 +265,14 @@ impl Http {
                     vars.text,
                 )
             }
-            Ok(body) => Outcome::Sent {
-                gateway_id: c.gateway_id.as_ref().and_then(|field| {
-                    let v: Value = serde_json::from_str(&body).ok()?;
-                    match v.get(field)? {
-                        Value::String(s) => Some(s.clone()),
-                        Value::Number(n) => Some(n.to_string()),
-                        _ => None,
-                    }
-                }),
-            },
+            Ok(body) => Outcome::sent(c.gateway_id.as_ref().and_then(|field| {
+                let v: Value = serde_json::from_str(&body).ok()?;
+                match v.get(field)? {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                }
+            })),
             Err(o) => o,
         }
     }

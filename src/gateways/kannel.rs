@@ -140,7 +140,7 @@ fn refused(identity: &str) -> Option<Outcome> {
 #[async_trait]
 impl Backend for Kannel {
     async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError> {
-        let sent = || Outcome::Sent { gateway_id: None };
+        let sent = || Outcome::sent(None);
         if let Some(base) = &self.config.dlr_url {
             // One call per identity, several in flight, outcomes in order.
             let calls: Vec<_> = req

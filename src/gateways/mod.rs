@@ -56,8 +56,13 @@ pub struct SendRequest {
 /// What happened to one identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Accepted by the gateway, with its message id if it gave one.
-    Sent { gateway_id: Option<String> },
+    /// Accepted by the gateway, with its message id if it gave one. A text
+    /// sent in several parts (SMPP) also has every part's id, in order (the
+    /// first is `gateway_id`), so a receipt can name any part.
+    Sent {
+        gateway_id: Option<String>,
+        parts: Vec<String>,
+    },
     /// Not sent. A permanent failure is not retried.
     Failed { error: String, permanent: bool },
     /// Not sent because the gateway asked us to slow down (HTTP 429 with
@@ -74,6 +79,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Accepted, in one part.
+    pub fn sent(gateway_id: Option<String>) -> Self {
+        Outcome::Sent {
+            gateway_id,
+            parts: Vec::new(),
+        }
+    }
     pub fn retryable(error: impl Into<String>) -> Self {
         Outcome::Failed {
             error: error.into(),

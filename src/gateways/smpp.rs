@@ -540,9 +540,7 @@ impl Inner {
         let throttle_wait = duration("throttle_wait", &c.throttle_wait, Duration::from_secs(1))
             .unwrap_or(Duration::from_secs(1));
         match client.submit_sm(submit).await {
-            Ok(resp) => Outcome::Sent {
-                gateway_id: Some(normalise_id(&resp.message_id().to_string())),
-            },
+            Ok(resp) => Outcome::sent(Some(normalise_id(&resp.message_id().to_string()))),
             Err(e) => match status_of(&e) {
                 Some(status) => outcome_of(status, throttle_wait),
                 None => Outcome::retryable(format!("submit_sm to {} failed: {e}", c.url)),
@@ -608,13 +606,21 @@ impl Backend for Smpp {
                 let sent =
                     futures::future::join_all(parts.iter().map(|p| inner.submit(&r.identity, p)))
                         .await;
-                // Sent only when every part was; else the first failure.
-                match sent.iter().find(|o| !matches!(o, Outcome::Sent { .. })) {
-                    Some(failed) => failed.clone(),
-                    None => sent
-                        .into_iter()
-                        .next()
-                        .unwrap_or(Outcome::retryable("no part to send")),
+                // Sent only when every part was (with every part's id when
+                // there are several); else the first failure.
+                if let Some(failed) = sent.iter().find(|o| !matches!(o, Outcome::Sent { .. })) {
+                    return failed.clone();
+                }
+                let ids: Vec<String> = sent
+                    .into_iter()
+                    .map(|o| match o {
+                        Outcome::Sent { gateway_id, .. } => gateway_id.unwrap_or_default(),
+                        _ => String::new(),
+                    })
+                    .collect();
+                Outcome::Sent {
+                    gateway_id: ids.first().cloned(),
+                    parts: if ids.len() > 1 { ids } else { Vec::new() },
                 }
             }
         });

@@ -65,12 +65,10 @@ impl Vumi {
             request = request.basic_auth(&b.username, Some(&b.password));
         }
         match self.gw.send(request, &req.text).await {
-            Ok(body) => Outcome::Sent {
-                gateway_id: serde_json::from_str::<Value>(&body).ok().and_then(|v| {
-                    v.get("message_id")
-                        .and_then(|id| id.as_str().map(str::to_string))
-                }),
-            },
+            Ok(body) => Outcome::sent(serde_json::from_str::<Value>(&body).ok().and_then(|v| {
+                v.get("message_id")
+                    .and_then(|id| id.as_str().map(str::to_string))
+            })),
             Err(o) => o,
         }
     }
