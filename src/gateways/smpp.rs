@@ -321,13 +321,15 @@ async fn connect(c: &Config) -> Result<(Client, BoxStream<'static, Event>), Stri
     let enquire_link = duration("enquire_link", &c.enquire_link, Duration::from_secs(30))?;
     // (rusmppc speaks SMPP 5.0 and by default refuses to send a 3.4 bind;
     // dbrouter binds as 3.4, what SMSCs take, and sends only 3.4 PDUs)
-    let (client, events) = ConnectionBuilder::new()
+    let (client, events, connection) = ConnectionBuilder::new()
         .disable_interface_version_check()
         .enquire_link_interval(enquire_link)
         .response_timeout(response_timeout)
+        .no_spawn()
         .connect(&c.url)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", c.url))?;
+    tokio::spawn(repoll(connection));
     let bind = BindTransceiver::builder()
         .system_id(COctetString::from_str(&c.system_id).map_err(|e| e.to_string())?)
         .password(COctetString::from_str(&c.password).map_err(|e| e.to_string())?)
@@ -346,6 +348,28 @@ async fn connect(c: &Config) -> Result<(Client, BoxStream<'static, Event>), Stri
             })
         }
     }
+}
+
+/// Drive rusmppc's connection, polling it again every 5 ms besides its own
+/// wake-ups. rusmppc 0.4.0 takes at most five new requests per poll and,
+/// when nothing is left to read from the socket, returns without waking
+/// itself for the rest: with more than five submits queued and every
+/// earlier one answered, a bind stood still until the batch's send timeout
+/// (window 100: every broadcast; window 10 with one bind: now and then).
+/// A spare poll finds nothing to do and costs microseconds.
+async fn repoll(connection: impl std::future::Future<Output = ()>) {
+    let mut connection = std::pin::pin!(connection);
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    std::future::poll_fn(|cx| loop {
+        if connection.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(());
+        }
+        if tick.poll_tick(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+    })
+    .await
 }
 
 /// How a bind's state says the SMSC refused system_id/password.

@@ -49,23 +49,47 @@ impl SmppServerListener for Handler {
 
 pub struct StandInSmsc {
     pub url: String,
-    _server: SmppServer,
+    /// Dropping it stops the server's runtime.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl StandInSmsc {
+    /// On a runtime (and threads) of its own, as a separate SMSC would be,
+    /// so the bench's own tasks never delay its answers.
     pub async fn start() -> Result<StandInSmsc> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut server = SmppServer::new(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port,
-            Arc::new(Handler {
-                next_id: AtomicU64::new(1),
-            }),
-        );
-        server.start().await;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(_) => return,
+            };
+            rt.block_on(async move {
+                let mut server = SmppServer::new(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    port,
+                    Arc::new(Handler {
+                        next_id: AtomicU64::new(1),
+                    }),
+                );
+                server.start().await;
+                let _ = ready_tx.send(());
+                let _ = stop_rx.await;
+                server.stop().await;
+            });
+            rt.shutdown_background();
+        });
+        ready_rx
+            .await
+            .context("the stand-in SMSC's runtime did not start")?;
         Ok(StandInSmsc {
             url: format!("smpp://127.0.0.1:{port}"),
-            _server: server,
+            _stop: stop_tx,
         })
     }
 
