@@ -56,12 +56,44 @@ pub struct Smpp {
 struct Inner {
     name: String,
     config: Config,
+    /// The sender of every submit, resolved once from the config.
+    source: Source,
+    /// How long the backend waits after a throttling answer.
+    throttle_wait: Duration,
     binds: Vec<Bind>,
     next: AtomicUsize,
     /// Woken whenever a bind comes up.
     up: Notify,
     /// The 8-bit reference of the next concatenated message.
     reference: AtomicUsize,
+}
+
+/// `source_addr` with its TON/NPI: 1/1 when it is a number, 5/0 when a
+/// name, 0/0 when empty (the SMSC's default), unless the config says.
+struct Source {
+    addr: COctetString<1, 21>,
+    ton: Ton,
+    npi: Npi,
+}
+
+impl Source {
+    fn from_config(c: &Config) -> Result<Source, String> {
+        let source = c.source_addr.as_deref().unwrap_or_default();
+        let digits = source.trim_start_matches('+');
+        let numeric = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+        let (ton, npi) = match (numeric, source.is_empty()) {
+            (true, _) => (1, 1),
+            (false, true) => (0, 0),
+            (false, false) => (5, 0),
+        };
+        Ok(Source {
+            addr: COctetString::from_str(digits).map_err(|_| {
+                format!("config.source_addr {source:?} must be at most 20 ASCII characters")
+            })?,
+            ton: Ton::from(c.source_ton.unwrap_or(ton)),
+            npi: Npi::from(c.source_npi.unwrap_or(npi)),
+        })
+    }
 }
 
 /// One bind: its client while bound, its window, and its state in words.
@@ -167,7 +199,8 @@ fn duration(what: &str, v: &Option<String>, default: Duration) -> Result<Duratio
 
 impl Smpp {
     /// Build the engine and start its binds (each retried with backoff
-    /// until it is up; the state of each is in [`Smpp::bind_states`]).
+    /// until it is up; each bind's state is kept in words for the errors of
+    /// sends that find none up).
     pub fn from_config(name: &str, raw: &Value, pool: &PgPool) -> Result<Self, String> {
         let config: Config = serde_json::from_value(raw.clone())
             .map_err(|e| format!("invalid config for the smpp engine: {e}"))?;
@@ -189,10 +222,15 @@ impl Smpp {
         for (what, v) in [
             ("response_timeout", &config.response_timeout),
             ("enquire_link", &config.enquire_link),
-            ("throttle_wait", &config.throttle_wait),
         ] {
             duration(what, v, Duration::ZERO)?;
         }
+        let throttle_wait = duration(
+            "throttle_wait",
+            &config.throttle_wait,
+            Duration::from_secs(1),
+        )?;
+        let source = Source::from_config(&config)?;
         COctetString::<1, 16>::from_str(&config.system_id)
             .map_err(|_| "config.system_id must be 1 to 15 ASCII characters".to_string())?;
         COctetString::<1, 9>::from_str(&config.password)
@@ -207,6 +245,8 @@ impl Smpp {
         let inner = Arc::new(Inner {
             name: name.to_string(),
             config,
+            source,
+            throttle_wait,
             binds,
             next: AtomicUsize::new(0),
             up: Notify::new(),
@@ -225,15 +265,6 @@ impl Smpp {
             inner,
             _stop: stop.drop_guard(),
         })
-    }
-
-    /// Each bind's state in words ("bound", "connecting", "down: …").
-    pub fn bind_states(&self) -> Vec<String> {
-        self.inner
-            .binds
-            .iter()
-            .map(|b| lock(&b.state).clone())
-            .collect()
     }
 }
 
@@ -477,6 +508,11 @@ impl Inner {
     async fn slot(&self, wait: Duration) -> Option<(Client, tokio::sync::SemaphorePermit<'_>)> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // (registered before looking, so a bind coming up meanwhile
+            // still wakes this)
+            let woken = self.up.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let n = self.binds.len();
             let start = self.next.fetch_add(1, Ordering::Relaxed);
             for k in 0..n {
@@ -488,7 +524,6 @@ impl Inner {
                     }
                 }
             }
-            let woken = self.up.notified();
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 return None;
             }
@@ -508,11 +543,7 @@ impl Inner {
             return Outcome::retryable(format!(
                 "no SMPP bind to {} is up ({})",
                 c.url,
-                self.binds
-                    .iter()
-                    .map(|b| lock(&b.state).clone())
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                states.join("; ")
             ));
         };
         let destination = identity.trim_start_matches('+');
@@ -521,33 +552,13 @@ impl Inner {
                 "identity {identity:?} is not an SMPP address (at most 20 ASCII characters)"
             ));
         };
-        let source = c.source_addr.clone().unwrap_or_default();
-        let numeric = !source.is_empty()
-            && source
-                .trim_start_matches('+')
-                .bytes()
-                .all(|b| b.is_ascii_digit());
-        let source_ton = c.source_ton.unwrap_or(if numeric {
-            1
-        } else if source.is_empty() {
-            0
-        } else {
-            5
-        });
-        let source_npi = c.source_npi.unwrap_or(if numeric { 1 } else { 0 });
-        let Ok(source_addr) = COctetString::<1, 21>::from_str(source.trim_start_matches('+'))
-        else {
-            return Outcome::permanent(format!(
-                "config.source_addr {source:?} is not an SMPP address (at most 20 ASCII characters)"
-            ));
-        };
         let Ok(short_message) = OctetString::from_vec(part.short_message.clone()) else {
             return Outcome::permanent("a part is longer than 254 bytes".to_string());
         };
         let submit = SubmitSm::builder()
-            .source_addr_ton(Ton::from(source_ton))
-            .source_addr_npi(Npi::from(source_npi))
-            .source_addr(source_addr)
+            .source_addr_ton(self.source.ton)
+            .source_addr_npi(self.source.npi)
+            .source_addr(self.source.addr.clone())
             .dest_addr_ton(Ton::from(c.dest_ton))
             .dest_addr_npi(Npi::from(c.dest_npi))
             .destination_addr(destination)
@@ -561,12 +572,10 @@ impl Inner {
             .short_message(short_message)
             .tlvs(part.tlvs.clone())
             .build();
-        let throttle_wait = duration("throttle_wait", &c.throttle_wait, Duration::from_secs(1))
-            .unwrap_or(Duration::from_secs(1));
         match client.submit_sm(submit).await {
             Ok(resp) => Outcome::sent(Some(normalise_id(&resp.message_id().to_string()))),
             Err(e) => match status_of(&e) {
-                Some(status) => outcome_of(status, throttle_wait),
+                Some(status) => outcome_of(status, self.throttle_wait),
                 None => Outcome::retryable(format!("submit_sm to {} failed: {e}", c.url)),
             },
         }
@@ -603,8 +612,8 @@ fn receipt_id(id: &str, how: ReceiptIds) -> String {
 impl Backend for Smpp {
     async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError> {
         let inner = &self.inner;
-        let n = segments::segments(&req.text);
         if let Some(max) = inner.config.max_parts {
+            let n = segments::segments(&req.text);
             if n > max {
                 return Err(SendError {
                     error: format!(
