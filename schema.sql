@@ -1598,6 +1598,42 @@ ALTER TABLE dbrouter.backends ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 
 
 --
+-- Name: binds; Type: TABLE; Schema: dbrouter; Owner: -
+--
+
+CREATE TABLE dbrouter.binds (
+    backend_id integer NOT NULL,
+    worker text NOT NULL,
+    bind integer NOT NULL,
+    instance bigint NOT NULL,
+    up boolean NOT NULL,
+    state text NOT NULL,
+    since timestamp with time zone DEFAULT now() NOT NULL,
+    seen_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: bind_states; Type: VIEW; Schema: dbrouter; Owner: -
+--
+
+CREATE VIEW dbrouter.bind_states AS
+ SELECT be.name AS backend,
+    b.worker,
+    b.bind,
+    (b.up AND (NOT s.stale)) AS up,
+        CASE
+            WHEN s.stale THEN format('stale: its worker has not reported since %s (it died or lost the database); it said: %s'::text, to_char(b.seen_at, 'YYYY-MM-DD HH24:MI:SS'::text), b.state)
+            ELSE b.state
+        END AS state,
+    b.since,
+    b.seen_at
+   FROM ((dbrouter.binds b
+     JOIN dbrouter.backends be ON ((be.id = b.backend_id)))
+     CROSS JOIN LATERAL ( SELECT (b.seen_at < (now() - '00:01:30'::interval)) AS stale) s);
+
+
+--
 -- Name: connections; Type: TABLE; Schema: dbrouter; Owner: -
 --
 
@@ -2078,6 +2114,14 @@ ALTER TABLE ONLY dbrouter.backends
 
 
 --
+-- Name: binds binds_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.binds
+    ADD CONSTRAINT binds_pkey PRIMARY KEY (backend_id, worker, bind);
+
+
+--
 -- Name: connections connections_backend_id_identity_key; Type: CONSTRAINT; Schema: dbrouter; Owner: -
 --
 
@@ -2386,6 +2430,14 @@ ALTER TABLE ONLY dbrouter.attempts
 
 ALTER TABLE ONLY dbrouter.backend_rates
     ADD CONSTRAINT backend_rates_backend_id_fkey FOREIGN KEY (backend_id) REFERENCES dbrouter.backends(id) ON DELETE CASCADE;
+
+
+--
+-- Name: binds binds_backend_id_fkey; Type: FK CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.binds
+    ADD CONSTRAINT binds_backend_id_fkey FOREIGN KEY (backend_id) REFERENCES dbrouter.backends(id) ON DELETE CASCADE;
 
 
 --

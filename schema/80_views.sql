@@ -53,3 +53,22 @@ SELECT f.message_id,
   FROM dbrouter.fanouts f
   JOIN dbrouter.backends b ON b.id = f.backend_id
  GROUP BY f.message_id, b.name;
+
+-- Every SMPP bind of every worker (also in `dbrouter status`). A worker
+-- reports its binds every 30 s: one silent for 90 s has died or lost the
+-- database, and its binds show as down and stale (housekeeping deletes them
+-- after an hour).
+CREATE OR REPLACE VIEW dbrouter.bind_states AS
+SELECT be.name AS backend,
+       b.worker,
+       b.bind,
+       b.up AND NOT s.stale AS up,
+       CASE WHEN s.stale
+            THEN format('stale: its worker has not reported since %s (it died or lost the database); it said: %s',
+                        to_char(b.seen_at, 'YYYY-MM-DD HH24:MI:SS'), b.state)
+            ELSE b.state END AS state,
+       b.since,
+       b.seen_at
+  FROM dbrouter.binds b
+  JOIN dbrouter.backends be ON be.id = b.backend_id
+ CROSS JOIN LATERAL (SELECT b.seen_at < now() - interval '90 seconds' AS stale) s;

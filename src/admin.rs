@@ -410,6 +410,27 @@ pub async fn status(pool: &PgPool, cfg: &WorkerConfig) -> Result<String> {
             );
         }
     }
+    let binds: Vec<(String, String, i32, bool, String, String)> = sqlx::query_as(
+        "SELECT backend, worker, bind, up, state, to_char(since, 'YYYY-MM-DD HH24:MI:SS')
+           FROM dbrouter.bind_states ORDER BY backend, worker, bind",
+    )
+    .fetch_all(pool)
+    .await?;
+    for backend in binds.chunk_by(|a, b| a.0 == b.0) {
+        let up = backend.iter().filter(|b| b.3).count();
+        let _ = writeln!(
+            out,
+            "\nbackend {:?}: {up} of {} SMPP binds up (SELECT * FROM dbrouter.bind_states)",
+            backend[0].0,
+            backend.len()
+        );
+        for (_, worker, bind, _, state, since) in backend.iter().filter(|b| !b.3) {
+            let _ = writeln!(
+                out,
+                "  worker {worker} bind {bind}: {state} (since {since})"
+            );
+        }
+    }
     for (name, problem) in registry::problems(pool, cfg).await? {
         let _ = writeln!(out, "\nbackend {name:?} is misconfigured: {problem}");
     }

@@ -200,6 +200,7 @@ mod tests {
             (11, "2c7ed874455f322cb83a2ee2e547274fe11aad81ba886d82f32edd072641d3ce919d5f40ffa69f5504cee5189b0cbf45"),
             (12, "3a601714810e367957c84bcfc199f31ed2ef918d4a46a134e43b95006ab19a26a2530ebf2403e27e107975fc969a4b38"),
             (13, "0cfa2ea5726894a1370b5eac8ac2af577fafb65b47b8b38fa95741daf96fdeabe0368a52d0d04dfc188651d5e8666ac0"),
+            (14, "5b836ba3984eda8ad9f54aec6572cf066c6c40e555718a6c47dce9760e181555faeb63ba022d4535f20578bd4f75f478"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR

@@ -2,7 +2,8 @@
 //! message never waits behind it): end transmissions whose deadline passed
 //! or whose message was cancelled (E "expired"/"cancelled"; the claim never
 //! takes them), apply the delivery reports `dbrouter serve` recorded, and
-//! deliver long messages from phones whose parts waited too long.
+//! deliver long messages from phones whose parts waited too long, forget
+//! the SMPP bind states of workers that died.
 
 use std::time::Duration;
 
@@ -47,6 +48,10 @@ impl Housekeeping {
             .persistent(crate::db::prepared())
             .bind(reassembly_timeout.as_secs_f64())
             .fetch_one(conn.get())
+            .await?;
+        sqlx::query(include_str!("../sql/forget_stale_binds.sql"))
+            .persistent(crate::db::prepared())
+            .execute(conn.get())
             .await?;
         conn.done().await?;
         if flushed > 0 {

@@ -225,10 +225,23 @@ async fn prepare(
             identities: rows.iter().map(|r| r.identity.clone()).collect(),
             in_response_to: first.in_response_to,
         };
-        let verdict = match pipeline.outgoing(&outgoing).await {
-            Ok(None) => None,
-            Ok(Some(app)) => Some(Outcome::permanent(format!("cancelled by app {app:?}"))),
-            Err(e) => Some(Outcome::retryable(e.to_string())),
+        let too_long = entry.max_parts.and_then(|max| {
+            let n = crate::segments::segments(&first.text);
+            (n > max).then(|| {
+                Outcome::permanent(format!(
+                    "the text takes {n} parts ({}); backend {:?} allows at most {max} (config.max_parts); not sent",
+                    crate::segments::encoding(&first.text).as_str(),
+                    entry.name
+                ))
+            })
+        });
+        let verdict = match too_long {
+            Some(o) => Some(o),
+            None => match pipeline.outgoing(&outgoing).await {
+                Ok(None) => None,
+                Ok(Some(app)) => Some(Outcome::permanent(format!("cancelled by app {app:?}"))),
+                Err(e) => Some(Outcome::retryable(e.to_string())),
+            },
         };
         if let Some(o) = verdict {
             cancelled.extend(rows.iter().map(|r| (r.transmission_id, o.clone())));

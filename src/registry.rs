@@ -27,6 +27,8 @@ pub struct BackendEntry {
     /// A gateway asked us to wait until then (HTTP 429 Retry-After).
     pub throttled_until: Option<DateTime<Utc>>,
     pub timeout: Duration,
+    /// Texts of more SMS parts end E unsent (`config.max_parts`).
+    pub max_parts: Option<usize>,
     /// The engine, or why the row's configuration is unusable.
     pub engine_impl: std::result::Result<Arc<dyn Backend>, String>,
     /// Failed sends, logged a few at a time.
@@ -85,11 +87,21 @@ struct Row {
     throttled_until: Option<DateTime<Utc>>,
 }
 
-/// Load (or reload, reusing unchanged entries of `previous`) every backend.
+/// Load (or reload, reusing unchanged entries of `previous`) every backend,
+/// and start the engines built anew (a worker's).
 pub async fn load(
     pool: &PgPool,
     cfg: &WorkerConfig,
     previous: &[BackendEntry],
+) -> Result<Vec<BackendEntry>> {
+    load_and(pool, cfg, previous, true).await
+}
+
+async fn load_and(
+    pool: &PgPool,
+    cfg: &WorkerConfig,
+    previous: &[BackendEntry],
+    start: bool,
 ) -> Result<Vec<BackendEntry>> {
     let mut conn = crate::db::Conn::acquire(pool).await?;
     let rows: Vec<Row> = sqlx::query_as(include_str!("../sql/backends_load.sql"))
@@ -114,7 +126,13 @@ pub async fn load(
                 e.updated_at = row.updated_at;
                 entries.push(e);
             }
-            _ => entries.push(build_entry(row, pool, cfg)),
+            _ => {
+                let entry = build_entry(row, pool, cfg);
+                if let (true, Ok(engine)) = (start, &entry.engine_impl) {
+                    engine.start();
+                }
+                entries.push(entry);
+            }
         }
     }
     Ok(entries)
@@ -122,8 +140,10 @@ pub async fn load(
 
 fn build_entry(row: Row, pool: &PgPool, cfg: &WorkerConfig) -> BackendEntry {
     let mut timeout = cfg.send_timeout;
+    let mut max_parts = None;
     let engine_impl =
         gateways::build(&row.name, &row.engine, &row.config, pool).and_then(|built| {
+            max_parts = built.common.max_parts;
             if let Some(t) = built.common.timeout {
                 timeout = t;
                 check_lease(
@@ -149,6 +169,7 @@ fn build_entry(row: Row, pool: &PgPool, cfg: &WorkerConfig) -> BackendEntry {
         rate_limited: row.rate_limited,
         throttled_until: row.throttled_until,
         timeout,
+        max_parts,
         engine_impl,
         failures: Default::default(),
         updated_at: row.updated_at,
@@ -162,7 +183,7 @@ fn batch_size(row: Option<i32>, cfg: &WorkerConfig) -> u32 {
 
 /// Check every backend's configuration without a worker (for `status`).
 pub async fn problems(pool: &PgPool, cfg: &WorkerConfig) -> Result<Vec<(String, String)>> {
-    let entries = load(pool, cfg, &[]).await?;
+    let entries = load_and(pool, cfg, &[], false).await?;
     Ok(entries
         .into_iter()
         .filter_map(|e| e.engine_impl.err().map(|p| (e.name, p)))

@@ -123,6 +123,12 @@ impl Worker {
             l.abort();
         }
         housekeeping.abort();
+        // what the engines hold open (SMPP binds) is closed in good order
+        for entry in self.backends.read().await.iter() {
+            if let Ok(engine) = &entry.engine_impl {
+                engine.stop().await;
+            }
+        }
         Ok(())
     }
 

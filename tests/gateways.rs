@@ -969,3 +969,50 @@ async fn an_empty_inbound_secret_lets_nobody_in() {
     );
     db.drop().await;
 }
+
+/// `max_parts` on any engine: a text of more SMS parts ends E at once,
+/// permanently, with the count in its error and nothing sent; a text
+/// within it goes. A value out of range makes the row misconfigured.
+#[tokio::test]
+async fn texts_over_max_parts_end_unsent() {
+    let db = TestDb::new().await;
+    let (gw, addr) = stand_in().await;
+    db.backend(
+        "h",
+        "http",
+        json!({"url": format!("http://{addr}/api/sms"), "form": {"to": "{identity}", "text": "{text}"},
+               "max_parts": 2}),
+        None,
+    )
+    .await;
+    let three = "x".repeat(153 * 2 + 1); // 3 parts of GSM 7-bit
+    let two_ucs2 = "ж".repeat(134); // 2 parts of UCS-2
+    db.broadcast("h", &["+6".into()], &three).await;
+    db.broadcast("h", &["+7".into()], &two_ucs2).await;
+    let worker = db.worker_with(test_config(), vec![]).await;
+    worker.drain().await.unwrap();
+    let seen = gw.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "only the text within max_parts was sent");
+    assert!(seen[0].body.contains("to=%2B7"), "{}", seen[0].body);
+    assert_eq!(
+        db.scalar_str(
+            "SELECT string_agg(t.status || coalesce(t.due_at::text, '') || ':' || coalesce(t.last_error, ''), ' | ' ORDER BY t.id)
+               FROM dbrouter.transmissions t"
+        )
+        .await,
+        "E:the text takes 3 parts (gsm7); backend \"h\" allows at most 2 (config.max_parts); not sent | S:"
+    );
+
+    db.exec(
+        "UPDATE dbrouter.backends SET config = config || '{\"max_parts\": 0}' WHERE name = 'h'",
+    )
+    .await;
+    let report = dbrouter::admin::status(&db.pool, &test_config())
+        .await
+        .unwrap();
+    assert!(
+        report.contains("config.max_parts must be a number from 1 to 255, got 0"),
+        "{report}"
+    );
+    db.drop().await;
+}

@@ -461,3 +461,108 @@ async fn receipts_count_per_part() {
     db.drop().await;
     smsc.stop().await;
 }
+
+/// Each bind's state is in `dbrouter.bind_states` and `dbrouter status`:
+/// up, then down with the reason when the SMSC goes, gone when the worker
+/// stops; a dead worker's rows show as stale and are forgotten after an
+/// hour. `status` itself opens no bind.
+#[tokio::test]
+async fn bind_states_are_visible_from_sql_and_status() {
+    let smsc = Smsc::start().await;
+    let db = TestDb::new().await;
+    let mut config = smsc.config();
+    config["binds"] = json!(2);
+    db.backend("op", "smpp", config, None).await;
+    let backend_id = db
+        .scalar_i64("SELECT id::bigint FROM dbrouter.backends WHERE name = 'op'")
+        .await;
+    // a worker that died five minutes ago, and one that died long ago
+    db.exec(&format!(
+        "INSERT INTO dbrouter.binds (backend_id, worker, bind, instance, up, state, seen_at)
+         VALUES ({backend_id}, 'gone:1', 0, 1, true, 'bound', now() - interval '5 minutes'),
+                ({backend_id}, 'gone:2', 0, 1, true, 'bound', now() - interval '2 hours')"
+    ))
+    .await;
+    let (_w, stop) = run_worker(&db).await;
+    let up = "SELECT count(*) FROM dbrouter.bind_states WHERE up";
+    wait_until("both binds up in dbrouter.bind_states", LIMIT, || async {
+        db.scalar_i64(up).await == 2
+    })
+    .await;
+    wait_until("the long-dead worker's row forgotten", LIMIT, || async {
+        db.scalar_i64("SELECT count(*) FROM dbrouter.binds WHERE worker = 'gone:2'")
+            .await
+            == 0
+    })
+    .await;
+    let status = || async {
+        dbrouter::admin::status(&db.pool, &test_config())
+            .await
+            .expect("status")
+    };
+    let report = status().await;
+    assert!(report.contains("\"op\": 2 of 3 SMPP binds up"), "{report}");
+    assert!(
+        report.contains("worker gone:1 bind 0: stale: its worker has not reported since"),
+        "{report}"
+    );
+    assert_eq!(smsc.binds(), 2, "status checked the config without a bind");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT string_agg(bind::text, ',' ORDER BY bind) FROM dbrouter.bind_states WHERE up"
+        )
+        .await,
+        "0,1"
+    );
+
+    smsc.stop().await;
+    wait_until("both binds down", LIMIT, || async {
+        db.scalar_i64(up).await == 0
+    })
+    .await;
+    let report = status().await;
+    assert!(report.contains("\"op\": 0 of 3 SMPP binds up"), "{report}");
+    assert!(report.contains("bind 1: down: "), "{report}");
+
+    stop.cancel();
+    wait_until("the stopped worker's rows gone", LIMIT, || async {
+        db.scalar_i64("SELECT count(*) FROM dbrouter.binds WHERE worker <> 'gone:1'")
+            .await
+            == 0
+    })
+    .await;
+    db.drop().await;
+}
+
+/// An SMSC that closes idle sessions (here after 2 s without a PDU) keeps
+/// a bind whose `enquire_link` runs every second; a bind that never asks
+/// (every hour) is closed and binds again. Both are awaited on the second
+/// SMSC's bind count, so the first has had the same idle time.
+#[tokio::test]
+async fn enquire_link_keeps_an_idle_bind() {
+    let kept = Smsc::start_closing_idle(2000).await;
+    let control = Smsc::start_closing_idle(2000).await;
+    let db = TestDb::new().await;
+    db.backend("kept", "smpp", kept.config(), None).await;
+    let mut config = control.config();
+    config["enquire_link"] = json!("1h");
+    db.backend("silent", "smpp", config, None).await;
+    let (_w, stop) = run_worker(&db).await;
+    wait_until(
+        "the silent bind closed for idleness and bound again",
+        LIMIT,
+        || async { control.binds() >= 3 },
+    )
+    .await;
+    assert_eq!(
+        kept.binds(),
+        1,
+        "the bind with enquire_link was never closed"
+    );
+    assert_eq!(kept.bound_sessions(), 1);
+    stop.cancel();
+    db.drop().await;
+    kept.stop().await;
+    control.stop().await;
+}

@@ -46,9 +46,6 @@ struct Config {
     delay: Option<Duration>,
     #[serde(default)]
     delay_rate: Option<f64>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

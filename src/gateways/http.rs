@@ -66,9 +66,6 @@ struct Config {
     #[serde(default)]
     #[allow(dead_code)]
     inbound: Option<InboundAuth>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    timeout: Option<String>,
 }
 
 const PLACEHOLDERS: &[&str] = &[

@@ -64,9 +64,6 @@ struct Config {
     #[serde(default)]
     #[allow(dead_code)]
     inbound: Option<InboundAuth>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    timeout: Option<String>,
 }
 
 /// Identities per call without delivery reports.

@@ -176,6 +176,16 @@ pub trait Backend: Send + Sync {
     /// a failure of the missing identities.
     async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError>;
 
+    /// Open what the engine keeps open (the SMPP engine's binds), for the
+    /// worker that loaded it; closed when the engine is dropped. Building an
+    /// engine alone opens nothing: `dbrouter status` and `backend add` build
+    /// them to check their configs.
+    fn start(&self) {}
+
+    /// Close what [`Backend::start`] opened and wait for it (a worker's
+    /// clean stop: the SMPP engine unbinds and deletes its bind states).
+    async fn stop(&self) {}
+
     /// Whether the worker should hand this engine a whole batch at once with
     /// [`Backend::send_batch`] (one call, one deadline) instead of calling
     /// [`Backend::send`] once per message.
@@ -206,12 +216,19 @@ pub trait Backend: Send + Sync {
     }
 }
 
-/// Settings every engine shares, from the backend's config.
+/// Settings every engine shares, from the backend's config (read here; the
+/// engines get the config without them).
 #[derive(Debug, Clone)]
 pub struct Common {
     /// Deadline of one send call (`"timeout": "20s"`).
     pub timeout: Option<Duration>,
+    /// A text of more SMS parts than this ends E, permanently, unsent
+    /// (`"max_parts": 3`).
+    pub max_parts: Option<usize>,
 }
+
+/// The keys of [`Common`].
+const COMMON_KEYS: [&str; 2] = ["timeout", "max_parts"];
 
 /// A built backend with its shared settings.
 pub struct Built {
@@ -233,6 +250,24 @@ pub fn build(name: &str, engine: &str, config: &Value, pool: &PgPool) -> Result<
             ))
         }
     };
+    let max_parts = match config.get("max_parts") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (1..=255).contains(n))
+                .ok_or_else(|| {
+                    format!("config.max_parts must be a number from 1 to 255, got {v}")
+                })?,
+        ),
+    };
+    let mut own = config.clone();
+    if let Some(keys) = own.as_object_mut() {
+        for key in COMMON_KEYS {
+            keys.remove(key);
+        }
+    }
+    let config = &own;
     let backend: Arc<dyn Backend> = match engine {
         "database" => Arc::new(Database::from_config(name, config, pool.clone())?),
         "console" => Arc::new(Console::new(name)),
@@ -248,6 +283,6 @@ pub fn build(name: &str, engine: &str, config: &Value, pool: &PgPool) -> Result<
     };
     Ok(Built {
         backend,
-        common: Common { timeout },
+        common: Common { timeout, max_parts },
     })
 }

@@ -49,6 +49,12 @@ use crate::segments::{self, Encoding};
 /// The engine: its settings, its binds, and the tasks that keep them up.
 pub struct Smpp {
     inner: Arc<Inner>,
+    pool: PgPool,
+    /// Whether [`Backend::start`] has started the binds.
+    started: std::sync::Once,
+    /// The tasks it started, for [`Backend::stop`] to wait for.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    stop: CancellationToken,
     /// Stops the bind tasks when the engine is dropped (a reloaded row).
     _stop: DropGuard,
 }
@@ -64,6 +70,8 @@ struct Inner {
     next: AtomicUsize,
     /// Woken whenever a bind comes up.
     up: Notify,
+    /// Woken whenever a bind's state changes (for [`report`]).
+    changed: Notify,
     /// The 8-bit reference of the next concatenated message.
     reference: AtomicUsize,
 }
@@ -137,9 +145,6 @@ struct Config {
     /// whole text in `message_payload`; the SMSC splits it).
     #[serde(default)]
     concatenation: Concatenation,
-    /// Refuse (permanently, nothing sent) a text of more parts than this.
-    #[serde(default)]
-    max_parts: Option<usize>,
     /// How long a `submit_sm` may wait for its response.
     #[serde(default)]
     response_timeout: Option<String>,
@@ -153,9 +158,6 @@ struct Config {
     /// `decimal` / `hex` when the SMSC reports in the other base.
     #[serde(default)]
     receipt_ids: ReceiptIds,
-    #[serde(default)]
-    #[allow(dead_code)]
-    timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -198,9 +200,9 @@ fn duration(what: &str, v: &Option<String>, default: Duration) -> Result<Duratio
 }
 
 impl Smpp {
-    /// Build the engine and start its binds (each retried with backoff
-    /// until it is up; each bind's state is kept in words for the errors of
-    /// sends that find none up).
+    /// Check the config and build the engine; [`Backend::start`] opens its
+    /// binds (each retried with backoff until it is up; each bind's state is
+    /// kept in words for the errors of sends that find none up).
     pub fn from_config(name: &str, raw: &Value, pool: &PgPool) -> Result<Self, String> {
         let config: Config = serde_json::from_value(raw.clone())
             .map_err(|e| format!("invalid config for the smpp engine: {e}"))?;
@@ -250,21 +252,39 @@ impl Smpp {
             binds,
             next: AtomicUsize::new(0),
             up: Notify::new(),
+            changed: Notify::new(),
             reference: AtomicUsize::new(rand::random::<u8>().into()),
         });
         let stop = CancellationToken::new();
-        for i in 0..inner.binds.len() {
-            tokio::spawn(keep_bound(
-                inner.clone(),
-                i,
-                pool.clone(),
-                stop.child_token(),
-            ));
-        }
         Ok(Smpp {
             inner,
+            pool: pool.clone(),
+            started: std::sync::Once::new(),
+            tasks: Mutex::new(Vec::new()),
+            stop: stop.clone(),
             _stop: stop.drop_guard(),
         })
+    }
+
+    /// Start the binds and the task reporting their states (once).
+    fn start_binds(&self) {
+        self.started.call_once(|| {
+            let (inner, pool, stop) = (&self.inner, &self.pool, &self.stop);
+            let mut tasks = lock(&self.tasks);
+            tasks.push(tokio::spawn(report(
+                inner.clone(),
+                pool.clone(),
+                stop.child_token(),
+            )));
+            for i in 0..inner.binds.len() {
+                tasks.push(tokio::spawn(keep_bound(
+                    inner.clone(),
+                    i,
+                    pool.clone(),
+                    stop.child_token(),
+                )));
+            }
+        });
     }
 }
 
@@ -287,7 +307,7 @@ async fn keep_bound(inner: Arc<Inner>, i: usize, pool: PgPool, stop: Cancellatio
             Ok((client, mut events)) => {
                 backoff = Duration::from_secs(1);
                 *lock(&bind.client) = Some(client.clone());
-                *lock(&bind.state) = "bound".into();
+                inner.set_state(i, BOUND.into());
                 inner.up.notify_waiters();
                 tracing::info!(backend = %inner.name, bind = i, "SMPP bound");
                 loop {
@@ -326,11 +346,11 @@ async fn keep_bound(inner: Arc<Inner>, i: usize, pool: PgPool, stop: Cancellatio
                     }
                 }
                 *lock(&bind.client) = None;
-                *lock(&bind.state) = "down: the connection closed; binding again".into();
+                inner.set_state(i, "down: the connection closed; binding again".into());
                 tracing::warn!(backend = %inner.name, bind = i, "SMPP bind lost; binding again");
             }
             Err(e) => {
-                *lock(&bind.state) = format!("down: {e}");
+                inner.set_state(i, format!("down: {e}"));
                 tracing::warn!(backend = %inner.name, bind = i, error = %e, retry_in = ?backoff, "SMPP bind failed");
             }
         }
@@ -339,6 +359,56 @@ async fn keep_bound(inner: Arc<Inner>, i: usize, pool: PgPool, stop: Cancellatio
             _ = stop.cancelled() => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// A bind's state when it is up.
+const BOUND: &str = "bound";
+
+impl Inner {
+    fn set_state(&self, i: usize, state: String) {
+        *lock(&self.binds[i].state) = state;
+        self.changed.notify_one();
+    }
+}
+
+/// Keep this worker's rows in `dbrouter.binds` true until `stop`: written
+/// when a bind's state changes and every 30 s (so a row not refreshed for
+/// long belongs to a worker that died), deleted on stop. Each engine
+/// instance (a reloaded backend builds a new one) tags its rows, so the old
+/// instance's delete leaves the new one's rows alone. A database that cannot
+/// be reached only delays the report: the binds never wait for it.
+async fn report(inner: Arc<Inner>, pool: PgPool, stop: CancellationToken) {
+    let worker = format!(
+        "{}:{}",
+        gethostname::gethostname().to_string_lossy(),
+        std::process::id()
+    );
+    let instance: i64 = rand::random();
+    loop {
+        let states: Vec<String> = inner.binds.iter().map(|b| lock(&b.state).clone()).collect();
+        let written = sqlx::query(include_str!("../../sql/smpp_bind_states.sql"))
+            .bind(&inner.name)
+            .bind(&worker)
+            .bind(instance)
+            .bind(&states)
+            .bind(BOUND)
+            .execute(&pool);
+        if let Err(e) = written.await {
+            tracing::debug!(backend = %inner.name, error = %e, "could not record the SMPP bind states");
+        }
+        tokio::select! {
+            _ = inner.changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    let forgotten = sqlx::query(include_str!("../../sql/smpp_bind_forget.sql"))
+        .bind(&worker)
+        .bind(instance)
+        .execute(&pool);
+    if let Err(e) = forgotten.await {
+        tracing::debug!(backend = %inner.name, error = %e, "could not forget the SMPP bind states");
     }
 }
 
@@ -610,22 +680,20 @@ fn receipt_id(id: &str, how: ReceiptIds) -> String {
 
 #[async_trait]
 impl Backend for Smpp {
+    fn start(&self) {
+        self.start_binds();
+    }
+
+    async fn stop(&self) {
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
     async fn send(&self, req: &SendRequest) -> Result<Vec<Outcome>, SendError> {
         let inner = &self.inner;
-        if let Some(max) = inner.config.max_parts {
-            let n = segments::segments(&req.text);
-            if n > max {
-                return Err(SendError {
-                    error: format!(
-                        "the text takes {n} parts ({}); backend {} allows at most {max} (config.max_parts); not sent",
-                        segments::encoding(&req.text).as_str(),
-                        inner.name
-                    ),
-                    permanent: true,
-                    retry_after: None,
-                });
-            }
-        }
         let reference = inner.reference.fetch_add(1, Ordering::Relaxed) as u8;
         let parts =
             parts(&req.text, inner.config.concatenation, reference).map_err(|e| SendError {

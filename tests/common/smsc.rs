@@ -128,6 +128,20 @@ impl Smsc {
     /// server runs on a runtime of its own, so [`Smsc::stop`] kills it
     /// whole, every session with it, as a crashed SMSC goes.
     pub async fn start_on(port: u16) -> Smsc {
+        Smsc::start_with(port, 300_000).await
+    }
+
+    /// One that closes a session after `inactivity_ms` without a PDU from
+    /// the ESME (as SMSCs do to idle binds).
+    pub async fn start_closing_idle(inactivity_ms: u64) -> Smsc {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        Smsc::start_with(port, inactivity_ms).await
+    }
+
+    async fn start_with(port: u16, inactivity_ms: u64) -> Smsc {
         let state = Arc::new(State::default());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -139,7 +153,18 @@ impl Smsc {
                 .build()
                 .expect("the SMSC's runtime");
             rt.block_on(async move {
-                let mut server = SmppServer::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port, handler);
+                // (smpp34's defaults but the inactivity timer; its own
+                // enquire_link every 30 s is far off in these tests)
+                let mut server = SmppServer::new_with_default_timers(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    port,
+                    handler,
+                    5000,
+                    30000,
+                    inactivity_ms,
+                    30000,
+                    1500,
+                );
                 server.start().await;
                 let _ = ready_tx.send(());
                 let _ = stop_rx.await;

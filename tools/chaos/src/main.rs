@@ -2,11 +2,11 @@
 //!
 //! Pushes a mixed load (inbound messages answered by apps, broadcasts, a
 //! backend that fails some sends, one that hangs past its timeout, one that
-//! refuses some identities for good, and an `http` engine backend in front of
-//! a stand-in gateway that answers some calls 503 or 429) through several
-//! `dbrouter worker`
-//! processes while killing, stopping and disconnecting them and restarting
-//! PostgreSQL. Then it waits for the queues to settle and checks that nothing
+//! refuses some identities for good, an `http` engine backend in front of
+//! a stand-in gateway that answers some calls 503 or 429, and an `smpp`
+//! engine backend bound to an SMSC that refuses some submits and is itself
+//! restarted now and then) through several `dbrouter worker` processes while
+//! killing, stopping and disconnecting them and restarting PostgreSQL. Then it waits for the queues to settle and checks that nothing
 //! was lost, nothing is stuck, and duplicates stay within what the README
 //! promises. Exits non-zero, naming ids to look at, when an invariant breaks.
 
@@ -20,6 +20,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::PgPool;
 use tokio::time::Instant;
+
+mod smsc;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "dbrouter-chaos", about = "Fault drill for dbrouter")]
@@ -70,6 +72,12 @@ struct Args {
 // Worker settings of the drill, also the base of the duplicate bound.
 const CONCURRENCY: usize = 3;
 const BATCH: usize = 50;
+// The smsc backend's binds per worker and window per bind: what an SMSC
+// restart can leave accepted but unanswered, per worker.
+const SMPP_BINDS: usize = 2;
+const SMPP_WINDOW: usize = 10;
+/// Kinds of fault (see `inject`).
+const FAULTS: u32 = 7;
 const LEASE: &str = "3s";
 const LEASE_SECS: u64 = 3;
 
@@ -241,6 +249,7 @@ struct Figures {
     pg_restarts_immediate: usize,
     connection_cuts: usize,
     pauses: usize,
+    smsc_restarts: usize,
     unexpected_exits: usize,
 }
 
@@ -325,10 +334,26 @@ async fn main() -> Result<()> {
     }))
     .execute(&pool)
     .await?;
+    sqlx::raw_sql(smsc::CREATE).execute(&pool).await?;
+    let mut smsc = Some(smsc::Smsc::start(&args.database_url).await?);
+    let smsc_port = smsc.as_ref().map_or(0, |s| s.port);
+    sqlx::query(
+        "INSERT INTO dbrouter.backends (name, engine, config) VALUES ('smsc', 'smpp', $1)
+         ON CONFLICT (name) DO UPDATE SET engine = EXCLUDED.engine, config = EXCLUDED.config",
+    )
+    .bind(serde_json::json!({
+        "url": format!("smpp://127.0.0.1:{smsc_port}"),
+        "system_id": "chaos", "password": "chaos", "source_addr": "4321",
+        "binds": SMPP_BINDS, "window": SMPP_WINDOW,
+        "enquire_link": "1s", "response_timeout": "1s", "throttle_wait": "100ms",
+        "timeout": "1s",
+    }))
+    .execute(&pool)
+    .await?;
     let names: Vec<&str> = BACKENDS
         .iter()
         .map(|(n, _)| *n)
-        .chain(["gateway"])
+        .chain(["gateway", "smsc"])
         .collect();
     for (name, config) in BACKENDS {
         sqlx::query(
@@ -342,7 +367,7 @@ async fn main() -> Result<()> {
     }
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut figures = Figures {
-        pending: (0..6).collect(),
+        pending: (0..FAULTS).collect(),
         workers: args.workers,
         ..Figures::default()
     };
@@ -392,7 +417,10 @@ async fn main() -> Result<()> {
         }
         if Instant::now() >= next_broadcast {
             next_broadcast = Instant::now() + jitter(&mut rng, Duration::from_secs(3));
-            let backend = names[rng.gen_range(0..names.len())];
+            // each backend in turn, the SMPP one first (a quick drill has
+            // only a few broadcasts)
+            let turn = figures.broadcasts_acked + figures.broadcasts_ambiguous;
+            let backend = names[(names.len() - 1 + turn) % names.len()];
             let ids: Vec<String> = (0..args.broadcast_size)
                 .map(|i| format!("+{}", 7000 + i))
                 .collect();
@@ -417,6 +445,7 @@ async fn main() -> Result<()> {
                 &args,
                 &pool,
                 &mut workers,
+                &mut smsc,
                 &mut rng,
                 &mut figures,
                 force_immediate,
@@ -429,11 +458,29 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !immediate_done {
-        inject(&args, &pool, &mut workers, &mut rng, &mut figures, true).await?;
+        inject(
+            &args,
+            &pool,
+            &mut workers,
+            &mut smsc,
+            &mut rng,
+            &mut figures,
+            true,
+        )
+        .await?;
     }
     // A short drill may end before every kind of fault had its turn.
     while !figures.pending.is_empty() {
-        inject(&args, &pool, &mut workers, &mut rng, &mut figures, false).await?;
+        inject(
+            &args,
+            &pool,
+            &mut workers,
+            &mut smsc,
+            &mut rng,
+            &mut figures,
+            false,
+        )
+        .await?;
     }
 
     println!(
@@ -452,6 +499,10 @@ async fn main() -> Result<()> {
             figures.sigterm_bad_exits += 1;
         }
     }
+    if let Some(smsc) = smsc.take() {
+        smsc.stop().await;
+    }
+    smsc::attribute(&pool).await?;
     let ok = check(&pool, &figures, &acked_inbound, &acked_broadcasts, settled).await?;
     if !ok {
         bail!("chaos: invariants broken (seed {}); see above", args.seed);
@@ -464,10 +515,12 @@ fn jitter(rng: &mut StdRng, mean: Duration) -> Duration {
     mean.mul_f64(rng.gen_range(0.5..1.5))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn inject(
     args: &Args,
     pool: &PgPool,
     workers: &mut Workers,
+    smsc: &mut Option<smsc::Smsc>,
     rng: &mut StdRng,
     figures: &mut Figures,
     force_immediate: bool,
@@ -479,7 +532,7 @@ async fn inject(
         let i = rng.gen_range(0..figures.pending.len());
         figures.pending.swap_remove(i)
     } else {
-        rng.gen_range(0..6)
+        rng.gen_range(0..FAULTS)
     };
     let w = rng.gen_range(0..workers.children.len());
     match which {
@@ -517,6 +570,17 @@ async fn inject(
             tokio::time::sleep(Duration::from_secs(LEASE_SECS + 2)).await;
             workers.signal(w, "CONT")?;
             figures.pauses += 1;
+        }
+        6 => {
+            // The SMSC dies with submits in flight and comes back on its
+            // port: the binds are lost and bound again.
+            if let Some(old) = smsc.take() {
+                let port = old.port;
+                old.stop().await;
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1000))).await;
+                *smsc = Some(smsc::Smsc::start_on(&args.database_url, port).await?);
+                figures.smsc_restarts += 1;
+            }
         }
         _ => {
             let cut = sqlx::query(
@@ -641,6 +705,7 @@ async fn check(
     r.info("PostgreSQL restarts -m immediate", f.pg_restarts_immediate);
     r.info("connection cuts (pg_terminate_backend)", f.connection_cuts);
     r.info("workers frozen past their lease (SIGSTOP)", f.pauses);
+    r.info("SMSC restarts (sessions killed)", f.smsc_restarts);
 
     let present: HashSet<String> =
         sqlx::query_as::<_, (String,)>("SELECT text FROM dbrouter.messages WHERE direction = 'I'")
@@ -767,9 +832,12 @@ async fn check(
     // lease, or frozen past it). Each such event can repeat at most the
     // batches in flight: a killed or frozen worker's own; a restart or cut
     // touches every worker.
+    // An SMSC restart repeats at most what it had accepted and not yet
+    // answered: every worker's binds × window.
     let per_worker = (CONCURRENCY * BATCH) as i64;
     let everyone = (f.pg_restarts_fast + f.pg_restarts_immediate + f.connection_cuts) * f.workers;
-    let bound = per_worker * (f.sigkills + f.pauses + everyone) as i64;
+    let smsc = (f.smsc_restarts * f.workers * SMPP_BINDS * SMPP_WINDOW) as i64;
+    let bound = per_worker * (f.sigkills + f.pauses + everyone) as i64 + smsc;
     r.check(
         &format!("extra sends (bound {bound})"),
         dup,
@@ -813,6 +881,26 @@ async fn check(
             "SELECT count(*) FROM dbrouter.database_backend_sends WHERE backend = 'gateway'",
         )
         .await?,
+    );
+    r.info(
+        "submits accepted by the SMSC",
+        count(
+            pool,
+            "SELECT count(*) FROM dbrouter.database_backend_sends WHERE backend = 'smsc'",
+        )
+        .await?,
+    );
+    let unmatched = count(
+        pool,
+        "SELECT (SELECT count(*) FROM chaos_smpp_submits)
+              - (SELECT count(*) FROM dbrouter.database_backend_sends WHERE backend = 'smsc')",
+    )
+    .await?;
+    r.check(
+        "SMSC submits not matching one transmission",
+        unmatched,
+        unmatched == 0,
+        "SELECT * FROM chaos_smpp_submits",
     );
     r.info(
         "HTTP 503/429 answers recorded as failed attempts",
