@@ -193,7 +193,8 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.broadcast(backend text, identities text[], text text, send_at timestamp with time zone DEFAULT NULL::timestamp with time zone, expires_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, client_key text DEFAULT NULL::text) RETURNS bigint
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     SET enable_seqscan TO 'off'
     SET jit TO 'off'
     AS $$
@@ -237,9 +238,10 @@ BEGIN
                      FROM unnest(broadcast.identities) AS i ORDER BY 1);
     v_expires := dbrouter.deadline(broadcast.expires_at, broadcast.send_at, false, b);
 
-    INSERT INTO dbrouter.messages (direction, status, text, n_total, priority, send_at, expires_at, client_key)
+    INSERT INTO dbrouter.messages (direction, status, text, n_total, priority, send_at, expires_at, client_key,
+                                   enqueued_by)
     VALUES ('O', 'Q', broadcast.text, cardinality(v_ids), broadcast.priority, broadcast.send_at,
-            v_expires, broadcast.client_key)
+            v_expires, broadcast.client_key, dbrouter.caller())
     ON CONFLICT (client_key) WHERE client_key IS NOT NULL DO NOTHING
     RETURNING id INTO v_message_id;
     IF v_message_id IS NULL THEN
@@ -268,11 +270,24 @@ $$;
 
 
 --
+-- Name: caller(); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.caller() RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT CASE WHEN current_setting('role') = 'none' THEN session_user::text
+                ELSE current_setting('role') END
+$$;
+
+
+--
 -- Name: cancel_message(bigint); Type: FUNCTION; Schema: dbrouter; Owner: -
 --
 
 CREATE FUNCTION dbrouter.cancel_message(p_message_id bigint) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     v_direction char(1);
@@ -303,6 +318,26 @@ BEGIN
         n := n + dbrouter.expand_fanout_part(p_message_id, k);
     END LOOP;
     RETURN n;
+END
+$$;
+
+
+--
+-- Name: cancel_my_message(bigint); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.cancel_my_message(p_message_id bigint) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM dbrouter.messages
+                    WHERE id = p_message_id AND enqueued_by = dbrouter.caller()) THEN
+        RAISE EXCEPTION 'no message % enqueued by %', p_message_id, dbrouter.caller()
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'SELECT id, status FROM dbrouter.my_messages ORDER BY id DESC LIMIT 20 lists yours';
+    END IF;
+    RETURN dbrouter.cancel_message(p_message_id);
 END
 $$;
 
@@ -639,16 +674,95 @@ $$;
 
 
 --
+-- Name: grant_roles(text); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.grant_roles(p_prefix text DEFAULT 'dbrouter_'::text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+    enqueue  text := p_prefix || 'enqueue';
+    worker   text := p_prefix || 'worker';
+    admin    text := p_prefix || 'admin';
+    readonly text := p_prefix || 'readonly';
+    r text;
+BEGIN
+    IF p_prefix !~ '^[a-z_][a-z0-9_]{0,40}$' THEN
+        RAISE EXCEPTION 'role prefix % must be lowercase letters, digits and _ (at most 41)', quote_literal(p_prefix);
+    END IF;
+    FOREACH r IN ARRAY ARRAY[enqueue, worker, admin, readonly] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+            EXCEPTION
+                WHEN duplicate_object OR unique_violation THEN NULL;  -- created meanwhile by another migrate
+                WHEN insufficient_privilege THEN
+                    RAISE EXCEPTION 'cannot create role %: % ', r, SQLERRM
+                        USING HINT = format('run dbrouter migrate once as a role with CREATEROLE, or create the roles first: CREATE ROLE %I NOLOGIN; (and %I, %I, %I)', enqueue, worker, admin, readonly);
+            END;
+        END IF;
+    END LOOP;
+
+    -- Nothing for PUBLIC.
+    REVOKE ALL ON SCHEMA dbrouter FROM PUBLIC;
+    REVOKE ALL ON ALL TABLES IN SCHEMA dbrouter FROM PUBLIC;
+    REVOKE ALL ON ALL SEQUENCES IN SCHEMA dbrouter FROM PUBLIC;
+    REVOKE ALL ON ALL ROUTINES IN SCHEMA dbrouter FROM PUBLIC;
+
+    EXECUTE format('GRANT USAGE ON SCHEMA dbrouter TO %I, %I, %I, %I', enqueue, worker, admin, readonly);
+
+    -- enqueue: stage messages, broadcast, count segments, see and cancel its own.
+    EXECUTE format('GRANT INSERT ON dbrouter.inbox, dbrouter.outbox TO %I', enqueue);
+    EXECUTE format('GRANT SELECT ON dbrouter.my_messages TO %I', enqueue);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION dbrouter.broadcast(text, text[], text, timestamptz, timestamptz, integer, text),
+                                    dbrouter.cancel_my_message(bigint), dbrouter.caller(),
+                                    dbrouter.segments(text), dbrouter.encoding(text),
+                                    dbrouter.long_text_segments(text) TO %I', enqueue);
+
+    -- worker (dbrouter worker and serve): every row of every table, no DDL.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dbrouter TO %I', worker);
+    EXECUTE format('REVOKE INSERT, UPDATE, DELETE ON dbrouter.schema_files FROM %I', worker);
+    EXECUTE format('GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA dbrouter TO %I', worker);
+    EXECUTE format('GRANT EXECUTE ON ALL ROUTINES IN SCHEMA dbrouter TO %I', worker);
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION dbrouter.grant_roles(text) FROM %I', worker);
+
+    -- admin: backends, traffic, opt-outs, keywords; pause/resume, cancel,
+    -- requeue, purge; reads everything (`dbrouter status`).
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA dbrouter TO %I', admin);
+    EXECUTE format('GRANT INSERT, UPDATE, DELETE ON dbrouter.backends, dbrouter.opt_outs,
+                          dbrouter.opt_out_keywords, dbrouter.keywords TO %I', admin);
+    EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA dbrouter TO %I', admin);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION dbrouter.pause_backend(text, text), dbrouter.resume_backend(text),
+                                    dbrouter.cancel_message(bigint), dbrouter.requeue_message(bigint),
+                                    dbrouter.requeue_backend(text), dbrouter.opt_out(text, text, text),
+                                    dbrouter.opt_in(text, text), dbrouter.mark_delivered(bigint[]),
+                                    dbrouter.recount(bigint), dbrouter.rollup(integer, integer, integer, integer),
+                                    dbrouter.purge_batch(interval, bigint, integer),
+                                    dbrouter.segments(text), dbrouter.encoding(text),
+                                    dbrouter.long_text_segments(text), dbrouter.caller()
+                    TO %I', admin);
+    EXECUTE format('GRANT EXECUTE ON PROCEDURE dbrouter.purge(interval, integer) TO %I', admin);
+
+    -- readonly: the views without message text or identities.
+    EXECUTE format('GRANT SELECT ON dbrouter.stats, dbrouter.fanouts_waiting, dbrouter.bind_states TO %I', readonly);
+END
+$_$;
+
+
+--
 -- Name: inbox_drain(); Type: FUNCTION; Schema: dbrouter; Owner: -
 --
 
 CREATE FUNCTION dbrouter.inbox_drain() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     SET enable_seqscan TO 'off'
     SET jit TO 'off'
     AS $$
 DECLARE
     problem text;
+    v_caller text := dbrouter.caller();
 BEGIN
     SELECT p INTO problem
       FROM (SELECT coalesce(
@@ -697,8 +811,9 @@ BEGIN
     ), kept AS (
         SELECT * FROM src WHERE external_id IS NULL OR mid IN (SELECT message_id FROM fresh)
     ), msg AS (
-        INSERT INTO dbrouter.messages (id, direction, status, text, external_id, fields, n_total)
-        SELECT mid, 'I', 'Q', text, external_id, fields, 1 FROM kept
+        INSERT INTO dbrouter.messages (id, direction, status, text, external_id, fields, n_total,
+                                       enqueued_by)
+        SELECT mid, 'I', 'Q', text, external_id, fields, 1, v_caller FROM kept
     )
     INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status)
     SELECT mid, cid, backend_id, 'Q' FROM kept;
@@ -775,7 +890,8 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.mark_delivered(p_transmissions bigint[]) RETURNS integer
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     WITH done AS (
         UPDATE dbrouter.transmissions t
@@ -804,7 +920,8 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.opt_in(p_backend text, p_identity text) RETURNS boolean
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     b dbrouter.backends%ROWTYPE;
@@ -823,7 +940,8 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.opt_out(p_backend text, p_identity text, p_keyword text DEFAULT 'operator'::text) RETURNS void
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     b dbrouter.backends%ROWTYPE;
@@ -850,12 +968,14 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.outbox_drain() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     SET enable_seqscan TO 'off'
     SET jit TO 'off'
     AS $$
 DECLARE
     problem text;
+    v_caller text := dbrouter.caller();
 BEGIN
     SELECT p INTO problem
       FROM (SELECT coalesce(
@@ -905,8 +1025,9 @@ BEGIN
         -- (Q with no errors counted: the rollup trigger counts an opted-out
         -- identity's E transmission, below, and makes the message E)
         INSERT INTO dbrouter.messages (id, direction, status, text, in_response_to, n_total,
-                                       priority, send_at, expires_at, client_key)
-        SELECT mid, 'O', 'Q', text, in_response_to, 1, priority, send_at, expires_at, client_key
+                                       priority, send_at, expires_at, client_key, enqueued_by)
+        SELECT mid, 'O', 'Q', text, in_response_to, 1, priority, send_at, expires_at, client_key,
+               v_caller
           FROM src
         ON CONFLICT (client_key) WHERE client_key IS NOT NULL DO NOTHING
         RETURNING id
@@ -932,7 +1053,8 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.pause_backend(p_backend text, p_reason text DEFAULT 'paused by an operator'::text) RETURNS void
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     UPDATE dbrouter.backends
        SET paused_at = coalesce(paused_at, now()),
@@ -970,7 +1092,8 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.purge_batch(p_older_than interval, p_after bigint DEFAULT 0, p_batch integer DEFAULT 1000, OUT purged integer, OUT last_id bigint) RETURNS record
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     cut timestamptz;
@@ -1122,7 +1245,8 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.recount(p_message_id bigint) RETURNS character
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     UPDATE dbrouter.messages m
        SET n_total = greatest(m.n_total, c.total),
@@ -1196,7 +1320,8 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.requeue_backend(p_backend text) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     v_backend_id integer;
@@ -1218,7 +1343,8 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.requeue_message(p_message_id bigint) RETURNS integer
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT dbrouter.requeue_transmissions(
         ARRAY(SELECT id FROM dbrouter.transmissions WHERE message_id = p_message_id AND status = 'E'))
@@ -1269,7 +1395,8 @@ $$;
 --
 
 CREATE FUNCTION dbrouter.resume_backend(p_backend text) RETURNS void
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     UPDATE dbrouter.backends SET paused_at = NULL, pause_reason = NULL
      WHERE id = dbrouter.backend_id(p_backend)
@@ -1816,6 +1943,7 @@ CREATE TABLE dbrouter.messages (
     cancelled_at timestamp with time zone,
     encoding text GENERATED ALWAYS AS (dbrouter.encoding(text)) STORED,
     segments integer GENERATED ALWAYS AS (dbrouter.segments(text)) STORED,
+    enqueued_by text,
     CONSTRAINT message_client_key_length CHECK (((length(client_key) >= 1) AND (length(client_key) <= 200))),
     CONSTRAINT message_counters CHECK ((((n_error + n_done) <= n_total) AND (n_delivered <= n_done))),
     CONSTRAINT message_direction CHECK ((direction = ANY (ARRAY['I'::bpchar, 'O'::bpchar]))),
@@ -1846,6 +1974,13 @@ COMMENT ON COLUMN dbrouter.messages.segments IS 'the SMS parts the text takes on
 
 
 --
+-- Name: COLUMN messages.enqueued_by; Type: COMMENT; Schema: dbrouter; Owner: -
+--
+
+COMMENT ON COLUMN dbrouter.messages.enqueued_by IS 'the role that enqueued it (dbrouter.caller()); NULL for replies';
+
+
+--
 -- Name: messages_id_seq; Type: SEQUENCE; Schema: dbrouter; Owner: -
 --
 
@@ -1857,6 +1992,34 @@ ALTER TABLE dbrouter.messages ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTI
     NO MAXVALUE
     CACHE 1
 );
+
+
+--
+-- Name: my_messages; Type: VIEW; Schema: dbrouter; Owner: -
+--
+
+CREATE VIEW dbrouter.my_messages WITH (security_barrier='true') AS
+ SELECT messages.id,
+    messages.direction,
+    messages.status,
+    messages.text,
+    messages.client_key,
+    messages.priority,
+    messages.send_at,
+    messages.expires_at,
+    messages.cancelled_at,
+    messages.n_total,
+    messages.n_done,
+    messages.n_delivered,
+    messages.n_error,
+    messages.encoding,
+    messages.segments,
+    messages.error,
+    messages.created_at,
+    messages.sent_at,
+    messages.delivered_at
+   FROM dbrouter.messages
+  WHERE (messages.enqueued_by = dbrouter.caller());
 
 
 --

@@ -127,6 +127,8 @@ CREATE OR REPLACE TRIGGER transmissions_roll_up_changed AFTER UPDATE ON dbrouter
 CREATE OR REPLACE FUNCTION dbrouter.recount(p_message_id bigint)
  RETURNS character
  LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
     UPDATE dbrouter.messages m
        SET n_total = greatest(m.n_total, c.total),

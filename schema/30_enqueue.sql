@@ -6,14 +6,21 @@
 -- turn staged rows into connections, messages and transmissions),
 -- broadcast(), and the expansion of a large broadcast's parts.
 
+-- The drains and broadcast() run as the schema's owner (SECURITY DEFINER,
+-- search_path pinned), so a role granted only INSERT on the inbox/outbox or
+-- EXECUTE on broadcast() enqueues without rights on any other table
+-- (schema/90_roles.sql). Each records its caller in messages.enqueued_by.
 CREATE OR REPLACE FUNCTION dbrouter.inbox_drain()
  RETURNS trigger
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
  SET enable_seqscan TO 'off'
  SET jit TO 'off'
 AS $function$
 DECLARE
     problem text;
+    v_caller text := dbrouter.caller();
 BEGIN
     SELECT p INTO problem
       FROM (SELECT coalesce(
@@ -62,8 +69,9 @@ BEGIN
     ), kept AS (
         SELECT * FROM src WHERE external_id IS NULL OR mid IN (SELECT message_id FROM fresh)
     ), msg AS (
-        INSERT INTO dbrouter.messages (id, direction, status, text, external_id, fields, n_total)
-        SELECT mid, 'I', 'Q', text, external_id, fields, 1 FROM kept
+        INSERT INTO dbrouter.messages (id, direction, status, text, external_id, fields, n_total,
+                                       enqueued_by)
+        SELECT mid, 'I', 'Q', text, external_id, fields, 1, v_caller FROM kept
     )
     INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status)
     SELECT mid, cid, backend_id, 'Q' FROM kept;
@@ -79,11 +87,14 @@ CREATE OR REPLACE TRIGGER inbox_drain AFTER INSERT ON dbrouter.inbox REFERENCING
 CREATE OR REPLACE FUNCTION dbrouter.outbox_drain()
  RETURNS trigger
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
  SET enable_seqscan TO 'off'
  SET jit TO 'off'
 AS $function$
 DECLARE
     problem text;
+    v_caller text := dbrouter.caller();
 BEGIN
     SELECT p INTO problem
       FROM (SELECT coalesce(
@@ -133,8 +144,9 @@ BEGIN
         -- (Q with no errors counted: the rollup trigger counts an opted-out
         -- identity's E transmission, below, and makes the message E)
         INSERT INTO dbrouter.messages (id, direction, status, text, in_response_to, n_total,
-                                       priority, send_at, expires_at, client_key)
-        SELECT mid, 'O', 'Q', text, in_response_to, 1, priority, send_at, expires_at, client_key
+                                       priority, send_at, expires_at, client_key, enqueued_by)
+        SELECT mid, 'O', 'Q', text, in_response_to, 1, priority, send_at, expires_at, client_key,
+               v_caller
           FROM src
         ON CONFLICT (client_key) WHERE client_key IS NOT NULL DO NOTHING
         RETURNING id
@@ -165,6 +177,8 @@ CREATE OR REPLACE TRIGGER outbox_drain AFTER INSERT ON dbrouter.outbox REFERENCI
 CREATE OR REPLACE FUNCTION dbrouter.broadcast(backend text, identities text[], text text, send_at timestamp with time zone DEFAULT NULL::timestamp with time zone, expires_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, client_key text DEFAULT NULL::text)
  RETURNS bigint
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
  SET enable_seqscan TO 'off'
  SET jit TO 'off'
 AS $function$
@@ -208,9 +222,10 @@ BEGIN
                      FROM unnest(broadcast.identities) AS i ORDER BY 1);
     v_expires := dbrouter.deadline(broadcast.expires_at, broadcast.send_at, false, b);
 
-    INSERT INTO dbrouter.messages (direction, status, text, n_total, priority, send_at, expires_at, client_key)
+    INSERT INTO dbrouter.messages (direction, status, text, n_total, priority, send_at, expires_at, client_key,
+                                   enqueued_by)
     VALUES ('O', 'Q', broadcast.text, cardinality(v_ids), broadcast.priority, broadcast.send_at,
-            v_expires, broadcast.client_key)
+            v_expires, broadcast.client_key, dbrouter.caller())
     ON CONFLICT (client_key) WHERE client_key IS NOT NULL DO NOTHING
     RETURNING id INTO v_message_id;
     IF v_message_id IS NULL THEN

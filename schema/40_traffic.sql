@@ -70,6 +70,8 @@ $function$;
 CREATE OR REPLACE FUNCTION dbrouter.pause_backend(p_backend text, p_reason text DEFAULT 'paused by an operator'::text)
  RETURNS void
  LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
     UPDATE dbrouter.backends
        SET paused_at = coalesce(paused_at, now()),
@@ -80,6 +82,8 @@ $function$;
 CREATE OR REPLACE FUNCTION dbrouter.resume_backend(p_backend text)
  RETURNS void
  LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
     UPDATE dbrouter.backends SET paused_at = NULL, pause_reason = NULL
      WHERE id = dbrouter.backend_id(p_backend)
@@ -95,6 +99,8 @@ $function$;
 CREATE OR REPLACE FUNCTION dbrouter.cancel_message(p_message_id bigint)
  RETURNS integer
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
     v_direction char(1);
@@ -219,6 +225,8 @@ $function$;
 CREATE OR REPLACE FUNCTION dbrouter.requeue_message(p_message_id bigint)
  RETURNS integer
  LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
     SELECT dbrouter.requeue_transmissions(
         ARRAY(SELECT id FROM dbrouter.transmissions WHERE message_id = p_message_id AND status = 'E'))
@@ -227,6 +235,8 @@ $function$;
 CREATE OR REPLACE FUNCTION dbrouter.requeue_backend(p_backend text)
  RETURNS integer
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
     v_backend_id integer;
@@ -246,6 +256,8 @@ $function$;
 CREATE OR REPLACE FUNCTION dbrouter.opt_out(p_backend text, p_identity text, p_keyword text DEFAULT 'operator'::text)
  RETURNS void
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
     b dbrouter.backends%ROWTYPE;
@@ -269,6 +281,8 @@ $function$;
 CREATE OR REPLACE FUNCTION dbrouter.opt_in(p_backend text, p_identity text)
  RETURNS boolean
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
     b dbrouter.backends%ROWTYPE;

@@ -10,6 +10,8 @@
 CREATE OR REPLACE FUNCTION dbrouter.mark_delivered(p_transmissions bigint[])
  RETURNS integer
  LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
     WITH done AS (
         UPDATE dbrouter.transmissions t

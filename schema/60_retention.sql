@@ -8,6 +8,8 @@
 CREATE OR REPLACE FUNCTION dbrouter.purge_batch(p_older_than interval, p_after bigint DEFAULT 0, p_batch integer DEFAULT 1000, OUT purged integer, OUT last_id bigint)
  RETURNS record
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
     cut timestamptz;

@@ -251,8 +251,19 @@ pub async fn backend_add(
     config: &serde_json::Value,
     batch_size: Option<i32>,
 ) -> Result<()> {
-    if let Err(problem) = crate::gateways::build(name, engine, config, pool) {
-        return Err(Error::Input(format!("backend {name:?}: {problem}")));
+    // A secret reference this process cannot resolve (the variable lives
+    // where the workers run) leaves the config unchecked here; the workers
+    // check it when they load it.
+    match crate::gateways::secrets::resolve(config) {
+        Err(unresolved) => tracing::warn!(
+            backend = name,
+            "{unresolved}; the config is checked by the workers"
+        ),
+        Ok(_) => {
+            if let Err(problem) = crate::gateways::build(name, engine, config, pool) {
+                return Err(Error::Input(format!("backend {name:?}: {problem}")));
+            }
+        }
     }
     sqlx::query(
         "INSERT INTO dbrouter.backends (name, engine, config, batch_size) VALUES ($1, $2, $3, $4)",

@@ -118,8 +118,22 @@ pub fn with_database(url: &str, db: &str) -> String {
 /// Apply every migration not yet applied, then the schema files that changed
 /// (`schema.rs`).
 pub async fn migrate(pool: &PgPool) -> Result<()> {
+    migrate_with_roles(pool, DEFAULT_ROLE_PREFIX).await
+}
+
+/// The roles' names start with this unless `dbrouter migrate --role-prefix`.
+pub const DEFAULT_ROLE_PREFIX: &str = "dbrouter_";
+
+/// [`migrate`], the roles named `prefix` + enqueue, worker, admin,
+/// readonly (created when missing, granted exactly their lists:
+/// `dbrouter.grant_roles`, schema/90_roles.sql).
+pub async fn migrate_with_roles(pool: &PgPool, prefix: &str) -> Result<()> {
     MIGRATOR.run(pool).await?;
     crate::schema::apply(pool).await?;
+    sqlx::query("SELECT dbrouter.grant_roles($1)")
+        .bind(prefix)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -201,6 +215,7 @@ mod tests {
             (12, "3a601714810e367957c84bcfc199f31ed2ef918d4a46a134e43b95006ab19a26a2530ebf2403e27e107975fc969a4b38"),
             (13, "0cfa2ea5726894a1370b5eac8ac2af577fafb65b47b8b38fa95741daf96fdeabe0368a52d0d04dfc188651d5e8666ac0"),
             (14, "5b836ba3984eda8ad9f54aec6572cf066c6c40e555718a6c47dce9760e181555faeb63ba022d4535f20578bd4f75f478"),
+            (15, "2b2367ac58d01ea844e8120eda6af0563fe23b8e1c24f4f6a0d7ea008eb9a77f9978a93a8d262d45cadf23d1748e2fa4"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR

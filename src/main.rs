@@ -30,8 +30,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create or upgrade the dbrouter schema.
-    Migrate,
+    /// Create or upgrade the dbrouter schema, and create and grant its roles
+    /// (needs the schema's owner; CREATEROLE the first time).
+    Migrate {
+        /// The roles are this followed by enqueue, worker, admin, readonly.
+        #[arg(long, env = "DBROUTER_ROLE_PREFIX", default_value = db::DEFAULT_ROLE_PREFIX)]
+        role_prefix: String,
+    },
     /// Process messages until SIGINT/SIGTERM.
     Worker(WorkerArgs),
     /// Receive messages and delivery reports from gateways over HTTP.
@@ -294,9 +299,9 @@ async fn main() -> Result<()> {
         }
     };
     match &cli.command {
-        Command::Migrate => {
+        Command::Migrate { role_prefix } => {
             let pool = connect(2).await?;
-            db::migrate(&pool).await?;
+            db::migrate_with_roles(&pool, role_prefix).await?;
             println!("dbrouter schema is up to date");
         }
         Command::Worker(args) => {

@@ -27,6 +27,7 @@ pub const FILES: &[(&str, &str)] = &[
     ),
     ("70_backends.sql", include_str!("../schema/70_backends.sql")),
     ("80_views.sql", include_str!("../schema/80_views.sql")),
+    ("90_roles.sql", include_str!("../schema/90_roles.sql")),
 ];
 
 /// Apply the files whose text changed since they were last applied; returns

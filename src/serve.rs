@@ -198,9 +198,18 @@ impl AppState {
         let map: HashMap<String, BackendInfo> = rows
             .into_iter()
             .map(|(id, name, engine, config)| {
+                // (a reference that cannot be resolved leaves the backend
+                // without credentials: every request to it is refused)
                 let auth = config
                     .get("inbound")
-                    .and_then(|v| serde_json::from_value::<InboundAuth>(v.clone()).ok());
+                    .and_then(|v| match crate::gateways::secrets::resolve(v) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            tracing::error!(backend = %name, error = %e, "cannot resolve config.inbound");
+                            None
+                        }
+                    })
+                    .and_then(|v| serde_json::from_value::<InboundAuth>(v).ok());
                 (name, BackendInfo { id, engine, auth })
             })
             .collect();

@@ -320,3 +320,77 @@ async fn kannel_gets_a_coding_chosen_per_message() {
     );
     db.drop().await;
 }
+
+/// Credentials by reference: `{"env": ...}` and `{"file": ...}` are
+/// resolved by the worker and reach the gateway; no table holds them and
+/// `backend list` shows the reference. A variable the process lacks makes
+/// the backend misconfigured (named in `status`); its messages wait.
+#[tokio::test]
+async fn secrets_by_reference_reach_the_gateway_and_no_table() {
+    let db = TestDb::new().await;
+    let gw = stand_in(Misbehaviour::Accepts).await;
+    let n: u32 = rand::random();
+    let var = format!("DBROUTER_TEST_PW_{n}");
+    let password = format!("Env-Pa55-{n}");
+    // (a variable of this test's own name; no other test reads it)
+    std::env::set_var(&var, &password);
+    let file = std::env::temp_dir().join(format!("dbrouter-test-user-{n}"));
+    std::fs::write(&file, "file-user\n").unwrap();
+    db.backend(
+        "gw",
+        "kannel",
+        json!({"url": format!("http://{}/cgi-bin/sendsms", gw.addr),
+               "username": {"file": file}, "password": {"env": var}}),
+        None,
+    )
+    .await;
+    let unset = format!("DBROUTER_TEST_UNSET_{n}");
+    db.backend(
+        "gw2",
+        "kannel",
+        json!({"url": format!("http://{}/cgi-bin/sendsms", gw.addr), "password": {"env": unset}}),
+        None,
+    )
+    .await;
+    db.broadcast("gw", &["+255700000001".into()], "hello").await;
+    db.broadcast("gw2", &["+255700000002".into()], "hello")
+        .await;
+    db.worker(test_config()).await.drain().await.unwrap();
+
+    let requests = gw.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(
+        requests[0].contains(&format!("password={password}"))
+            && requests[0].contains("username=file-user"),
+        "{}",
+        requests[0]
+    );
+    assert_eq!(outcome(&db).await, "S: | Q:");
+    let list = dbrouter::admin::backend_list(&db.pool).await.unwrap();
+    assert!(list.contains(&var) && !list.contains(&password), "{list}");
+    let status = dbrouter::admin::status(&db.pool, &test_config())
+        .await
+        .unwrap();
+    assert!(
+        status.contains(&format!(
+            "backend \"gw2\" is misconfigured: config.password: the environment variable {unset}"
+        )),
+        "{status}"
+    );
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'dbrouter'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for table in tables {
+        let found = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM {table} t WHERE t::text LIKE '%{password}%' OR t::text LIKE '%file-user%'"
+            ))
+            .await;
+        assert_eq!(found, 0, "{table} holds a resolved secret");
+    }
+    let _ = std::fs::remove_file(&file);
+    db.drop().await;
+}

@@ -238,6 +238,8 @@ pub struct Built {
 
 /// Build the engine `engine` for backend `name` from its `config`.
 pub fn build(name: &str, engine: &str, config: &Value, pool: &PgPool) -> Result<Built, String> {
+    let resolved = secrets::resolve(config)?;
+    let config = &resolved;
     let timeout = match config.get("timeout") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(

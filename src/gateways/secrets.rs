@@ -12,6 +12,55 @@
 
 use serde_json::Value;
 
+/// The config with every secret reference resolved: a value written
+/// `{"env": "NAME"}` becomes that environment variable of the process
+/// reading the config, `{"file": "/path"}` that file's contents (one
+/// trailing newline dropped), so a credential need not be stored in the
+/// database at all. Resolved by each worker when it loads a backend (and
+/// by `serve` for `inbound`); `backend list` and `status` show the
+/// reference, never the value. An object whose only key is `env` or `file`
+/// is a reference wherever it stands.
+pub fn resolve(config: &Value) -> Result<Value, String> {
+    resolve_at(config, "config")
+}
+
+fn resolve_at(v: &Value, path: &str) -> Result<Value, String> {
+    match v {
+        Value::Object(o) if o.len() == 1 => {
+            let (k, inner) = o
+                .iter()
+                .next()
+                .map(|(k, v)| (k.as_str(), v))
+                .unwrap_or(("", v));
+            match (k, inner) {
+                ("env", Value::String(name)) => std::env::var(name).map(Value::String).map_err(|_| {
+                    format!("{path}: the environment variable {name} (named by {{\"env\": \"{name}\"}}) is not set in this process; set it where the worker and serve run")
+                }),
+                ("file", Value::String(file)) => std::fs::read_to_string(file)
+                    .map(|s| Value::String(s.strip_suffix('\n').unwrap_or(&s).to_string()))
+                    .map_err(|e| format!("{path}: cannot read the file {file} (named by {{\"file\": ...}}): {e}")),
+                _ => Ok(Value::Object(
+                    o.iter()
+                        .map(|(k, v)| Ok((k.clone(), resolve_at(v, &format!("{path}.{k}"))?)))
+                        .collect::<Result<_, String>>()?,
+                )),
+            }
+        }
+        Value::Object(o) => Ok(Value::Object(
+            o.iter()
+                .map(|(k, v)| Ok((k.clone(), resolve_at(v, &format!("{path}.{k}"))?)))
+                .collect::<Result<_, String>>()?,
+        )),
+        Value::Array(a) => Ok(Value::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, v)| resolve_at(v, &format!("{path}[{i}]")))
+                .collect::<Result<_, String>>()?,
+        )),
+        other => Ok(other.clone()),
+    }
+}
+
 /// What a masked value shows.
 pub const MASK: &str = "***";
 /// Values shorter than this are not scrubbed from errors (they would mangle

@@ -24,7 +24,7 @@ pub struct TestDb {
     pub name: String,
 }
 
-fn base_url() -> String {
+pub fn base_url() -> String {
     std::env::var("DATABASE_URL").expect(
         "DATABASE_URL is not set: run the tests with bin/test, which starts a throwaway PostgreSQL",
     )

@@ -1,0 +1,502 @@
+//! Least privilege, as real roles on the real database: what each of the
+//! four roles `dbrouter migrate` creates may do, and the clear refusal of
+//! everything else (the README's role table, every cell a case here); an
+//! enqueueing role sees and cancels only its own messages; the SECURITY
+//! DEFINER functions ignore a hostile search_path.
+
+mod common;
+
+use common::TestDb;
+use sqlx::PgPool;
+
+/// Run `sql` as `role` (SET ROLE) in a transaction rolled back after, so
+/// the cases leave nothing behind; Err is the database's message.
+async fn as_role(pool: &PgPool, role: &str, sql: &str) -> Result<(), String> {
+    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL ROLE {role}")))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut *tx)
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) => d.message().to_string(),
+            other => other.to_string(),
+        });
+    let _ = tx.rollback().await;
+    result
+}
+
+/// A database migrated with roles of a prefix of its own (roles are the
+/// cluster's; other tests' use the default), and two application login
+/// roles granted the enqueue role.
+async fn setup() -> (TestDb, String) {
+    let db = TestDb::empty().await;
+    let prefix = format!("r{}_", rand::random::<u32>());
+    dbrouter::db::migrate_with_roles(&db.pool, &prefix)
+        .await
+        .expect("migrate with roles");
+    db.exec(&format!(
+        "CREATE ROLE {prefix}app1; CREATE ROLE {prefix}app2;
+         GRANT {prefix}enqueue TO {prefix}app1, {prefix}app2;"
+    ))
+    .await;
+    db.backend("sms", "database", serde_json::json!({}), None)
+        .await;
+    (db, prefix)
+}
+
+async fn teardown(db: TestDb, prefix: &str) {
+    db.drop().await;
+    let base = dbrouter::db::connect(&common::base_url(), 1)
+        .await
+        .expect("connect");
+    for r in ["app1", "app2", "enqueue", "worker", "admin", "readonly"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS {prefix}{r}"
+        )))
+        .execute(&base)
+        .await
+        .expect("drop role");
+    }
+}
+
+/// Every action of the README's role table against every role: allowed
+/// where the table says so, refused with "permission denied" elsewhere.
+#[tokio::test]
+async fn each_role_can_do_exactly_its_list() {
+    let (db, p) = setup().await;
+    // a message of app1's to act on
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL ROLE {p}app1;
+         INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('sms', '+255700000001', 'mine')"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mine = db.scalar_i64("SELECT max(id) FROM dbrouter.messages").await;
+
+    // (action, SQL, roles allowed)
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "insert into outbox",
+            "INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('sms', '+1', 'x')"
+                .into(),
+            &["enqueue", "worker"],
+        ),
+        (
+            "insert into inbox",
+            "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('sms', '+1', 'x')".into(),
+            &["enqueue", "worker"],
+        ),
+        (
+            "broadcast()",
+            "SELECT dbrouter.broadcast('sms', ARRAY['+1', '+2'], 'x')".into(),
+            &["enqueue", "worker"],
+        ),
+        (
+            "segments()",
+            "SELECT dbrouter.segments('x')".into(),
+            &["enqueue", "worker", "admin"],
+        ),
+        (
+            "read my_messages",
+            "SELECT * FROM dbrouter.my_messages".into(),
+            &["enqueue", "worker", "admin"],
+        ),
+        (
+            "read messages",
+            "SELECT * FROM dbrouter.messages".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "read transmissions",
+            "SELECT * FROM dbrouter.transmissions".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "read backends (config, secrets)",
+            "SELECT config FROM dbrouter.backends".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "add a backend",
+            "INSERT INTO dbrouter.backends (name, engine) VALUES ('b2', 'console')".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "pause_backend()",
+            "SELECT dbrouter.pause_backend('sms', 'x')".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "resume_backend()",
+            "SELECT dbrouter.resume_backend('sms')".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "requeue_backend()",
+            "SELECT dbrouter.requeue_backend('sms')".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "requeue_message()",
+            format!("SELECT dbrouter.requeue_message({mine})"),
+            &["worker", "admin"],
+        ),
+        (
+            "cancel_message() (any message)",
+            format!("SELECT dbrouter.cancel_message({mine})"),
+            &["worker", "admin"],
+        ),
+        (
+            "opt_out()",
+            "SELECT dbrouter.opt_out('sms', '+1')".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "edit opt-out keywords",
+            "DELETE FROM dbrouter.opt_out_keywords".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "purge (a batch of it)",
+            "SELECT dbrouter.purge_batch('30 days')".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "read stats",
+            "SELECT * FROM dbrouter.stats".into(),
+            &["worker", "admin", "readonly"],
+        ),
+        (
+            "read fanouts_waiting",
+            "SELECT * FROM dbrouter.fanouts_waiting".into(),
+            &["worker", "admin", "readonly"],
+        ),
+        (
+            "read bind_states",
+            "SELECT * FROM dbrouter.bind_states".into(),
+            &["worker", "admin", "readonly"],
+        ),
+        (
+            "read recent_errors (identities)",
+            "SELECT * FROM dbrouter.recent_errors".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "read opted_out (identities)",
+            "SELECT * FROM dbrouter.opted_out".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "update a transmission by hand",
+            "UPDATE dbrouter.transmissions SET status = status".into(),
+            &["worker"],
+        ),
+        (
+            "delete receipts",
+            "DELETE FROM dbrouter.receipts".into(),
+            &["worker"],
+        ),
+        (
+            "write schema_files",
+            "UPDATE dbrouter.schema_files SET body = body".into(),
+            &[],
+        ),
+        (
+            "DDL in the schema",
+            "CREATE TABLE dbrouter.x (i int)".into(),
+            &[],
+        ),
+        (
+            "grant_roles()",
+            format!("SELECT dbrouter.grant_roles('{p}')"),
+            &[],
+        ),
+    ];
+    let roles = ["enqueue", "worker", "admin", "readonly"];
+    let mut wrong = Vec::new();
+    for (action, sql, allowed) in &cases {
+        for role in roles {
+            let result = as_role(&db.pool, &format!("{p}{role}"), sql).await;
+            let should = allowed.contains(&role);
+            match (&result, should) {
+                (Ok(()), true) => {}
+                (Err(e), false) if e.contains("permission denied") => {}
+                _ => wrong.push(format!(
+                    "{role} / {action}: {result:?}, expected {}",
+                    if should {
+                        "allowed"
+                    } else {
+                        "permission denied"
+                    }
+                )),
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // CALL purge commits as it goes, so outside a transaction block
+    let mut conn = db.pool.acquire().await.unwrap();
+    for (role, allowed) in [("admin", true), ("enqueue", false)] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE {p}{role}")))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let purge = sqlx::raw_sql("CALL dbrouter.purge('30 days')")
+            .execute(&mut *conn)
+            .await;
+        assert_eq!(purge.is_ok(), allowed, "{role}: {purge:?}");
+    }
+    sqlx::raw_sql("RESET ROLE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    teardown(db, &p).await;
+}
+
+/// An application (a login role granted the enqueue role) sees and cancels
+/// its own messages only; another's is answered exactly as a missing one.
+#[tokio::test]
+async fn an_application_sees_and_cancels_only_its_own_messages() {
+    let (db, p) = setup().await;
+    let (app1, app2) = (format!("{p}app1"), format!("{p}app2"));
+    for (app, text) in [(&app1, "one"), (&app2, "two")] {
+        let mut tx = db.pool.begin().await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL ROLE {app};
+             INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('sms', '+255700000001', '{text}');
+             SELECT dbrouter.broadcast('sms', ARRAY['+255700000002'], '{text} broadcast');"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(
+        db.scalar_str("SELECT string_agg(enqueued_by || ':' || text, ', ' ORDER BY id) FROM dbrouter.messages").await,
+        format!("{app1}:one, {app1}:one broadcast, {app2}:two, {app2}:two broadcast")
+    );
+    let theirs = db
+        .scalar_i64(&format!(
+            "SELECT min(id) FROM dbrouter.messages WHERE enqueued_by = '{app1}'"
+        ))
+        .await;
+    let own = db
+        .scalar_i64(&format!(
+            "SELECT min(id) FROM dbrouter.messages WHERE enqueued_by = '{app2}'"
+        ))
+        .await;
+
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL ROLE {app2}")))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let seen: Vec<String> = sqlx::query_scalar("SELECT text FROM dbrouter.my_messages ORDER BY id")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, ["two", "two broadcast"]);
+    let cancelled: i32 = sqlx::query_scalar("SELECT dbrouter.cancel_my_message($1)")
+        .bind(own)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(cancelled, 1);
+    tx.commit().await.unwrap();
+
+    let refused = as_role(
+        &db.pool,
+        &app2,
+        &format!("SELECT dbrouter.cancel_my_message({theirs})"),
+    )
+    .await
+    .unwrap_err();
+    let missing = as_role(&db.pool, &app2, "SELECT dbrouter.cancel_my_message(999999)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.replace(&format!("message {theirs} "), "message N "),
+        missing.replace("message 999999 ", "message N "),
+        "another's message is answered as a missing one"
+    );
+    assert!(
+        refused.contains(&format!("no message {theirs} enqueued by {app2}")),
+        "{refused}"
+    );
+    assert_eq!(
+        db.scalar_str("SELECT string_agg(text || ':' || coalesce(cancelled_at IS NOT NULL, false)::text, ', ' ORDER BY id) FROM dbrouter.messages").await,
+        "one:false, one broadcast:false, two:true, two broadcast:false"
+    );
+    teardown(db, &p).await;
+}
+
+/// The functions that run as the schema's owner pin their search_path: a
+/// role that puts a schema of its own first, with functions shadowing the
+/// built-ins they call, enqueues normally and runs none of its functions.
+#[tokio::test]
+async fn definer_functions_ignore_a_hostile_search_path() {
+    let (db, p) = setup().await;
+    let app = format!("{p}app1");
+    db.exec(&format!(
+        "CREATE SCHEMA evil_{p} AUTHORIZATION {app};
+         SET ROLE {app};
+         CREATE FUNCTION evil_{p}.length(text) RETURNS integer LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$;
+         CREATE FUNCTION evil_{p}.regexp_replace(text, text, text, text) RETURNS text LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$;
+         CREATE FUNCTION evil_{p}.cardinality(anyarray) RETURNS integer LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$;
+         RESET ROLE;"
+    ))
+    .await;
+    let hostile = format!("SET LOCAL search_path = evil_{p}, pg_catalog; ");
+    // the shadows work where nothing pins the path
+    let shadowed = as_role(&db.pool, &app, &format!("{hostile} SELECT length('x')")).await;
+    assert!(shadowed.is_err_and(|e| e.contains("hijacked")));
+    for sql in [
+        "INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('sms', ' +255 700 000 001 ', 'x')",
+        "INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('sms', '+255700000001', 'x')",
+        "SELECT dbrouter.broadcast('sms', ARRAY['+1', '+2'], 'x')",
+        "INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('nope', '+1', 'x')",
+    ] {
+        let result = as_role(&db.pool, &app, &format!("{hostile} {sql}")).await;
+        match result {
+            Ok(()) => {}
+            Err(e) => assert!(
+                !e.contains("hijacked") && e.contains("unknown backend 'nope'"),
+                "{sql}: {e}"
+            ),
+        }
+    }
+    teardown(db, &p).await;
+}
+
+/// A pool whose every connection runs as `role` (SET ROLE after connect;
+/// works whatever the cluster's authentication).
+async fn pool_as(db: &TestDb, role: &str) -> PgPool {
+    let set = format!("SET ROLE {role}");
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(6)
+        .after_connect(move |conn, _| {
+            let set = set.clone();
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(dbrouter::db::connect_options(&db.url).expect("url"))
+        .await
+        .expect("connect")
+}
+
+/// A worker under the worker role does the whole round trip of a message
+/// an application enqueued; an admin gets `dbrouter status` and pauses a
+/// backend; the enqueue role can do neither.
+#[tokio::test]
+async fn a_worker_and_an_admin_run_under_their_roles() {
+    let (db, p) = setup().await;
+    let app = pool_as(&db, &format!("{p}app1")).await;
+    sqlx::query("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('sms', '+255700000001', 'echo hi')")
+        .execute(&app)
+        .await
+        .unwrap();
+
+    let worker_pool = pool_as(&db, &format!("{p}worker")).await;
+    let worker = db.worker_on(&worker_pool).await;
+    worker.drain().await.unwrap();
+    assert_eq!(db.message_states().await, "IR1,OS1");
+    assert_eq!(
+        db.scalar_str("SELECT string_agg(text, ',') FROM dbrouter.database_backend_sends")
+            .await,
+        "hi"
+    );
+
+    let admin = pool_as(&db, &format!("{p}admin")).await;
+    let report = dbrouter::admin::status(&admin, &common::test_config())
+        .await
+        .expect("status as admin");
+    assert!(report.contains("sms"), "{report}");
+    sqlx::query("SELECT dbrouter.pause_backend('sms', 'maintenance')")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let status = dbrouter::admin::status(&app, &common::test_config()).await;
+    assert!(
+        status
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("permission denied")),
+        "{:?}",
+        status.map(|_| ())
+    );
+    for pool in [app, worker_pool, admin] {
+        pool.close().await;
+    }
+    drop(worker);
+    teardown(db, &p).await;
+}
+
+/// After sends that failed against a gateway whose config holds
+/// credentials, nothing the enqueue or readonly role can read (every
+/// relation it has SELECT on) contains them.
+#[tokio::test]
+async fn no_secret_is_readable_by_enqueue_or_readonly() {
+    let (db, p) = setup().await;
+    db.backend(
+        "gw",
+        "kannel",
+        serde_json::json!({"url": "http://127.0.0.1:9/cgi-bin/sendsms", "username": "kuser",
+                           "password": "Pa55word-xyz", "inbound": {"secret": "In-S3cret"}}),
+        None,
+    )
+    .await;
+    db.broadcast("gw", &["+255700000001".into()], "hello").await;
+    let mut cfg = common::test_config();
+    cfg.max_attempts = 1;
+    db.worker(cfg).await.drain().await.unwrap();
+    assert!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.attempts")
+            .await
+            > 0,
+        "a send failed"
+    );
+    for role in ["enqueue", "readonly"] {
+        let role = format!("{p}{role}");
+        let readable: Vec<String> = sqlx::query_scalar(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'dbrouter' AND c.relkind IN ('r', 'v', 'm')
+                AND has_table_privilege($1, c.oid, 'SELECT')",
+        )
+        .bind(&role)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert!(!readable.is_empty(), "{role} reads something");
+        for rel in readable {
+            for secret in ["Pa55word-xyz", "In-S3cret"] {
+                let mut tx = db.pool.begin().await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL ROLE {role}")))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {rel} t WHERE t::text LIKE '%{secret}%'"
+                )))
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap_or_else(|e| panic!("{role} reading {rel}: {e}"));
+                assert_eq!(found, 0, "{role} reads {secret} in {rel}");
+            }
+        }
+    }
+    teardown(db, &p).await;
+}
