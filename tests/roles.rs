@@ -500,3 +500,80 @@ async fn no_secret_is_readable_by_enqueue_or_readonly() {
     }
     teardown(db, &p).await;
 }
+
+/// `dbrouter serve` and a worker, both under the worker role: a message
+/// from a phone in through serve, the reply out through Kannel's sendsms
+/// (a stand-in), its delivery report in through serve, applied: D.
+#[tokio::test]
+async fn serve_and_a_worker_take_a_message_and_its_report_under_the_worker_role() {
+    use axum::extract::{Query, State};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    let (db, p) = setup().await;
+    type Seen = Arc<Mutex<Vec<HashMap<String, String>>>>;
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/cgi-bin/sendsms",
+            axum::routing::get(
+                |State(seen): State<Seen>, Query(q): Query<HashMap<String, String>>| async move {
+                    seen.lock().unwrap().push(q);
+                    (axum::http::StatusCode::ACCEPTED, "0: Accepted for delivery")
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let worker_pool = pool_as(&db, &format!("{p}worker")).await;
+    let base = common::receiver_on(worker_pool.clone()).await;
+    db.backend(
+        "k",
+        "kannel",
+        serde_json::json!({"url": format!("http://{gateway}/cgi-bin/sendsms"),
+                           "dlr_url": format!("{base}/kannel/k/dlr?secret=s3"),
+                           "inbound": {"secret": "s3"}}),
+        None,
+    )
+    .await;
+    let (code, body) = common::get(&format!(
+        "{base}/kannel/k/receive?secret=s3&sender=%2B255700000001&text=ping&id=kan-1"
+    ))
+    .await;
+    assert_eq!((code, body.as_str()), (200, ""));
+    let worker = db.worker_on(&worker_pool).await;
+    worker.drain().await.unwrap();
+    let dlr = {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].get("text").map(String::as_str), Some("pong"));
+        seen[0]["dlr-url"].replace("%d", "1")
+    };
+    assert_eq!(common::get(&dlr).await.0, 200);
+    common::wait_until(
+        "the report applied",
+        std::time::Duration::from_secs(20),
+        || async {
+            worker.drain().await.unwrap();
+            db.scalar_str(
+                "SELECT string_agg(m.direction || m.status || '/' || t.status, ',' ORDER BY m.id)
+               FROM dbrouter.messages m JOIN dbrouter.transmissions t ON t.message_id = m.id",
+            )
+            .await
+                == "IR/R,OD/D"
+        },
+    )
+    .await;
+    assert_eq!(
+        db.scalar_str("SELECT enqueued_by FROM dbrouter.messages WHERE direction = 'I'")
+            .await,
+        format!("{p}worker"),
+        "serve's messages are the worker role's"
+    );
+    worker_pool.close().await;
+    drop(worker);
+    teardown(db, &p).await;
+}
