@@ -29,6 +29,16 @@ async fn as_role(pool: &PgPool, role: &str, sql: &str) -> Result<(), String> {
     result
 }
 
+/// Run `sql` as `role` and commit it.
+async fn commit_as(pool: &PgPool, role: &str, sql: &str) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL ROLE {role}; {sql}")))
+        .execute(&mut *tx)
+        .await
+        .unwrap_or_else(|e| panic!("{role}: {sql}: {e}"));
+    tx.commit().await.unwrap();
+}
+
 /// A database migrated with roles of a prefix of its own (roles are the
 /// cluster's; other tests' use the default), and two application login
 /// roles granted the enqueue role.
@@ -69,15 +79,12 @@ async fn teardown(db: TestDb, prefix: &str) {
 async fn each_role_can_do_exactly_its_list() {
     let (db, p) = setup().await;
     // a message of app1's to act on
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET LOCAL ROLE {p}app1;
-         INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('sms', '+255700000001', 'mine')"
-    )))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    commit_as(
+        &db.pool,
+        &format!("{p}app1"),
+        "INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('sms', '+255700000001', 'mine')",
+    )
+    .await;
     let mine = db.scalar_i64("SELECT max(id) FROM dbrouter.messages").await;
 
     // (action, SQL, roles allowed)
@@ -268,16 +275,15 @@ async fn an_application_sees_and_cancels_only_its_own_messages() {
     let (db, p) = setup().await;
     let (app1, app2) = (format!("{p}app1"), format!("{p}app2"));
     for (app, text) in [(&app1, "one"), (&app2, "two")] {
-        let mut tx = db.pool.begin().await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "SET LOCAL ROLE {app};
-             INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('sms', '+255700000001', '{text}');
-             SELECT dbrouter.broadcast('sms', ARRAY['+255700000002'], '{text} broadcast');"
-        )))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
+        commit_as(
+            &db.pool,
+            app,
+            &format!(
+                "INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('sms', '+255700000001', '{text}');
+                 SELECT dbrouter.broadcast('sms', ARRAY['+255700000002'], '{text} broadcast');"
+            ),
+        )
+        .await;
     }
     assert_eq!(
         db.scalar_str("SELECT string_agg(enqueued_by || ':' || text, ', ' ORDER BY id) FROM dbrouter.messages").await,
@@ -481,22 +487,19 @@ async fn no_secret_is_readable_by_enqueue_or_readonly() {
         .await
         .unwrap();
         assert!(!readable.is_empty(), "{role} reads something");
+        let as_role = pool_as(&db, &role).await;
         for rel in readable {
             for secret in ["Pa55word-xyz", "In-S3cret"] {
-                let mut tx = db.pool.begin().await.unwrap();
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL ROLE {role}")))
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
                 let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                     "SELECT count(*) FROM {rel} t WHERE t::text LIKE '%{secret}%'"
                 )))
-                .fetch_one(&mut *tx)
+                .fetch_one(&as_role)
                 .await
                 .unwrap_or_else(|e| panic!("{role} reading {rel}: {e}"));
                 assert_eq!(found, 0, "{role} reads {secret} in {rel}");
             }
         }
+        as_role.close().await;
     }
     teardown(db, &p).await;
 }
