@@ -206,8 +206,15 @@ DECLARE
     v_expires timestamptz;
     problem text;
     part_size constant integer := 1000;
+    v_caller text := dbrouter.caller();
+    v_tenant text := dbrouter.caller_tenant();
+    v_scope text := coalesce(v_tenant, v_caller, '');
 BEGIN
     SELECT * INTO b FROM dbrouter.backends WHERE name = broadcast.backend;
+    problem := dbrouter.tenant_problem(v_tenant, broadcast.backend, b.id);
+    IF problem IS NOT NULL THEN
+        PERFORM dbrouter.raise_enqueue_problem('dbrouter.broadcast', problem);
+    END IF;
     IF broadcast.identities IS NULL OR cardinality(broadcast.identities) = 0 THEN
         PERFORM dbrouter.raise_enqueue_problem('dbrouter.broadcast', 'the identity list is empty');
     END IF;
@@ -226,7 +233,8 @@ BEGIN
     END IF;
 
     IF broadcast.client_key IS NOT NULL THEN
-        SELECT id INTO v_message_id FROM dbrouter.messages WHERE client_key = broadcast.client_key;
+        SELECT id INTO v_message_id FROM dbrouter.messages
+         WHERE coalesce(tenant, enqueued_by, '') = v_scope AND client_key = broadcast.client_key;
         IF FOUND THEN
             RETURN v_message_id;
         END IF;
@@ -239,14 +247,15 @@ BEGIN
     v_expires := dbrouter.deadline(broadcast.expires_at, broadcast.send_at, false, b);
 
     INSERT INTO dbrouter.messages (direction, status, text, n_total, priority, send_at, expires_at, client_key,
-                                   enqueued_by)
+                                   enqueued_by, tenant)
     VALUES ('O', 'Q', broadcast.text, cardinality(v_ids), broadcast.priority, broadcast.send_at,
-            v_expires, broadcast.client_key, dbrouter.caller())
-    ON CONFLICT (client_key) WHERE client_key IS NOT NULL DO NOTHING
+            v_expires, broadcast.client_key, v_caller, v_tenant)
+    ON CONFLICT ((coalesce(tenant, enqueued_by, '')), client_key) WHERE client_key IS NOT NULL DO NOTHING
     RETURNING id INTO v_message_id;
     IF v_message_id IS NULL THEN
         -- A concurrent call with the same key committed first.
-        SELECT id INTO v_message_id FROM dbrouter.messages WHERE client_key = broadcast.client_key;
+        SELECT id INTO v_message_id FROM dbrouter.messages
+         WHERE coalesce(tenant, enqueued_by, '') = v_scope AND client_key = broadcast.client_key;
         IF v_message_id IS NULL THEN
             RAISE EXCEPTION 'client_key % is being used by a transaction this one cannot see', quote_literal(broadcast.client_key)
                 USING HINT = 'retry in a new transaction (READ COMMITTED)';
@@ -278,6 +287,18 @@ CREATE FUNCTION dbrouter.caller() RETURNS text
     AS $$
     SELECT CASE WHEN current_setting('role') = 'none' THEN session_user::text
                 ELSE current_setting('role') END
+$$;
+
+
+--
+-- Name: caller_tenant(); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.caller_tenant() RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT tenant FROM dbrouter.tenant_roles WHERE role = dbrouter.caller()
 $$;
 
 
@@ -331,13 +352,28 @@ CREATE FUNCTION dbrouter.cancel_my_message(p_message_id bigint) RETURNS integer
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM dbrouter.messages
-                    WHERE id = p_message_id AND enqueued_by = dbrouter.caller()) THEN
-        RAISE EXCEPTION 'no message % enqueued by %', p_message_id, dbrouter.caller()
+    PERFORM dbrouter.check_mine(p_message_id);
+    RETURN dbrouter.cancel_message(p_message_id);
+END
+$$;
+
+
+--
+-- Name: check_mine(bigint); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.check_mine(p_message_id bigint) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM dbrouter.messages m
+                    WHERE m.id = p_message_id
+                      AND dbrouter.is_mine(m.tenant, m.enqueued_by, dbrouter.caller(), dbrouter.caller_tenant())) THEN
+        RAISE EXCEPTION 'no message % of %', p_message_id, coalesce('tenant ' || dbrouter.caller_tenant(), dbrouter.caller())
             USING ERRCODE = 'no_data_found',
                   HINT = 'SELECT id, status FROM dbrouter.my_messages ORDER BY id DESC LIMIT 20 lists yours';
     END IF;
-    RETURN dbrouter.cancel_message(p_message_id);
 END
 $$;
 
@@ -714,9 +750,10 @@ BEGIN
 
     -- enqueue: stage messages, broadcast, count segments, see and cancel its own.
     EXECUTE format('GRANT INSERT ON dbrouter.inbox, dbrouter.outbox TO %I', enqueue);
-    EXECUTE format('GRANT SELECT ON dbrouter.my_messages TO %I', enqueue);
+    EXECUTE format('GRANT SELECT ON dbrouter.my_messages, dbrouter.messages TO %I', enqueue);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dbrouter.broadcast(text, text[], text, timestamptz, timestamptz, integer, text),
-                                    dbrouter.cancel_my_message(bigint), dbrouter.caller(),
+                                    dbrouter.cancel_my_message(bigint), dbrouter.requeue_my_message(bigint),
+                                    dbrouter.caller(), dbrouter.caller_tenant(), dbrouter.is_mine(text, text, text, text),
                                     dbrouter.segments(text), dbrouter.encoding(text),
                                     dbrouter.long_text_segments(text) TO %I', enqueue);
 
@@ -731,7 +768,8 @@ BEGIN
     -- requeue, purge; reads everything (`dbrouter status`).
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA dbrouter TO %I', admin);
     EXECUTE format('GRANT INSERT, UPDATE, DELETE ON dbrouter.backends, dbrouter.opt_outs,
-                          dbrouter.opt_out_keywords, dbrouter.keywords TO %I', admin);
+                          dbrouter.opt_out_keywords, dbrouter.keywords,
+                          dbrouter.tenants, dbrouter.tenant_roles, dbrouter.tenant_backends TO %I', admin);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA dbrouter TO %I', admin);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dbrouter.pause_backend(text, text), dbrouter.resume_backend(text),
                                     dbrouter.cancel_message(bigint), dbrouter.requeue_message(bigint),
@@ -740,12 +778,26 @@ BEGIN
                                     dbrouter.recount(bigint), dbrouter.rollup(integer, integer, integer, integer),
                                     dbrouter.purge_batch(interval, bigint, integer),
                                     dbrouter.segments(text), dbrouter.encoding(text),
-                                    dbrouter.long_text_segments(text), dbrouter.caller()
+                                    dbrouter.long_text_segments(text), dbrouter.caller(),
+                                    dbrouter.caller_tenant(), dbrouter.is_mine(text, text, text, text)
                     TO %I', admin);
     EXECUTE format('GRANT EXECUTE ON PROCEDURE dbrouter.purge(interval, integer) TO %I', admin);
 
     -- readonly: the views without message text or identities.
-    EXECUTE format('GRANT SELECT ON dbrouter.stats, dbrouter.fanouts_waiting, dbrouter.bind_states TO %I', readonly);
+    EXECUTE format('GRANT SELECT ON dbrouter.stats, dbrouter.tenant_stats, dbrouter.fanouts_waiting,
+                          dbrouter.bind_states TO %I', readonly);
+
+    -- Row-level security on messages (migration 0016): the worker and the
+    -- admin see and change every row; an enqueueing role reads its own
+    -- (dbrouter.is_mine). The owner (migrate, the SECURITY DEFINER
+    -- functions, the views) is not subject to it.
+    EXECUTE format('DROP POLICY IF EXISTS %I ON dbrouter.messages', worker || '_all');
+    EXECUTE format('CREATE POLICY %I ON dbrouter.messages TO %I, %I USING (true) WITH CHECK (true)',
+                   worker || '_all', worker, admin);
+    EXECUTE format('DROP POLICY IF EXISTS %I ON dbrouter.messages', enqueue || '_own');
+    EXECUTE format('CREATE POLICY %I ON dbrouter.messages FOR SELECT TO %I
+                      USING (dbrouter.is_mine(tenant, enqueued_by, (SELECT dbrouter.caller()), (SELECT dbrouter.caller_tenant())))',
+                   enqueue || '_own', enqueue);
 END
 $_$;
 
@@ -763,9 +815,11 @@ CREATE FUNCTION dbrouter.inbox_drain() RETURNS trigger
 DECLARE
     problem text;
     v_caller text := dbrouter.caller();
+    v_tenant text := dbrouter.caller_tenant();
 BEGIN
     SELECT p INTO problem
       FROM (SELECT coalesce(
+                       dbrouter.tenant_problem(v_tenant, n.backend, b.id),
                        dbrouter.enqueue_problem(n.backend, b.id IS NOT NULL, n.identity, n.text,
                                                 b.number_format, b.country_code),
                        CASE WHEN n.fields IS NOT NULL AND jsonb_typeof(n.fields) <> 'object'
@@ -812,8 +866,8 @@ BEGIN
         SELECT * FROM src WHERE external_id IS NULL OR mid IN (SELECT message_id FROM fresh)
     ), msg AS (
         INSERT INTO dbrouter.messages (id, direction, status, text, external_id, fields, n_total,
-                                       enqueued_by)
-        SELECT mid, 'I', 'Q', text, external_id, fields, 1, v_caller FROM kept
+                                       enqueued_by, tenant)
+        SELECT mid, 'I', 'Q', text, external_id, fields, 1, v_caller, v_tenant FROM kept
     )
     INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status)
     SELECT mid, cid, backend_id, 'Q' FROM kept;
@@ -822,6 +876,18 @@ BEGIN
     PERFORM pg_notify('dbrouter', '');
     RETURN NULL;
 END
+$$;
+
+
+--
+-- Name: is_mine(text, text, text, text); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.is_mine(p_tenant text, p_enqueued_by text, p_caller text, p_caller_tenant text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT CASE WHEN p_tenant IS NOT NULL THEN p_tenant = p_caller_tenant
+                ELSE p_enqueued_by = p_caller END
 $$;
 
 
@@ -976,9 +1042,11 @@ CREATE FUNCTION dbrouter.outbox_drain() RETURNS trigger
 DECLARE
     problem text;
     v_caller text := dbrouter.caller();
+    v_tenant text := dbrouter.caller_tenant();
 BEGIN
     SELECT p INTO problem
       FROM (SELECT coalesce(
+                       dbrouter.tenant_problem(v_tenant, n.backend, b.id),
                        dbrouter.enqueue_problem(n.backend, b.id IS NOT NULL, n.identity, n.text,
                                                 b.number_format, b.country_code),
                        CASE WHEN n.in_response_to IS NOT NULL AND m.id IS NULL
@@ -1025,11 +1093,11 @@ BEGIN
         -- (Q with no errors counted: the rollup trigger counts an opted-out
         -- identity's E transmission, below, and makes the message E)
         INSERT INTO dbrouter.messages (id, direction, status, text, in_response_to, n_total,
-                                       priority, send_at, expires_at, client_key, enqueued_by)
+                                       priority, send_at, expires_at, client_key, enqueued_by, tenant)
         SELECT mid, 'O', 'Q', text, in_response_to, 1, priority, send_at, expires_at, client_key,
-               v_caller
+               v_caller, v_tenant
           FROM src
-        ON CONFLICT (client_key) WHERE client_key IS NOT NULL DO NOTHING
+        ON CONFLICT ((coalesce(tenant, enqueued_by, '')), client_key) WHERE client_key IS NOT NULL DO NOTHING
         RETURNING id
     )
     INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status, due_at,
@@ -1352,6 +1420,21 @@ $$;
 
 
 --
+-- Name: requeue_my_message(bigint); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.requeue_my_message(p_message_id bigint) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM dbrouter.check_mine(p_message_id);
+    RETURN dbrouter.requeue_message(p_message_id);
+END
+$$;
+
+
+--
 -- Name: requeue_transmissions(bigint[]); Type: FUNCTION; Schema: dbrouter; Owner: -
 --
 
@@ -1612,6 +1695,21 @@ BEGIN
     UPDATE dbrouter.backend_rates SET tokens = v_tokens - granted, refilled_at = v_now
      WHERE backend_id = p_backend_id;
 END
+$$;
+
+
+--
+-- Name: tenant_problem(text, text, integer); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.tenant_problem(p_tenant text, p_backend text, p_backend_id integer) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT CASE WHEN p_tenant IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM dbrouter.tenant_backends tb
+                                  WHERE tb.tenant = p_tenant AND tb.backend_id = p_backend_id)
+                THEN format('backend %L is unknown or not granted to tenant %L; an admin grants it: INSERT INTO dbrouter.tenant_backends (tenant, backend_id) SELECT %L, id FROM dbrouter.backends WHERE name = %L',
+                            p_backend, p_tenant, p_tenant, p_backend) END
 $$;
 
 
@@ -1944,6 +2042,7 @@ CREATE TABLE dbrouter.messages (
     encoding text GENERATED ALWAYS AS (dbrouter.encoding(text)) STORED,
     segments integer GENERATED ALWAYS AS (dbrouter.segments(text)) STORED,
     enqueued_by text,
+    tenant text,
     CONSTRAINT message_client_key_length CHECK (((length(client_key) >= 1) AND (length(client_key) <= 200))),
     CONSTRAINT message_counters CHECK ((((n_error + n_done) <= n_total) AND (n_delivered <= n_done))),
     CONSTRAINT message_direction CHECK ((direction = ANY (ARRAY['I'::bpchar, 'O'::bpchar]))),
@@ -2017,9 +2116,10 @@ CREATE VIEW dbrouter.my_messages WITH (security_barrier='true') AS
     messages.error,
     messages.created_at,
     messages.sent_at,
-    messages.delivered_at
+    messages.delivered_at,
+    messages.tenant
    FROM dbrouter.messages
-  WHERE (messages.enqueued_by = dbrouter.caller());
+  WHERE dbrouter.is_mine(messages.tenant, messages.enqueued_by, ( SELECT dbrouter.caller() AS caller), ( SELECT dbrouter.caller_tenant() AS caller_tenant));
 
 
 --
@@ -2214,6 +2314,54 @@ CREATE VIEW dbrouter.stats AS
 
 
 --
+-- Name: tenant_backends; Type: TABLE; Schema: dbrouter; Owner: -
+--
+
+CREATE TABLE dbrouter.tenant_backends (
+    tenant text NOT NULL,
+    backend_id integer NOT NULL
+);
+
+
+--
+-- Name: tenant_roles; Type: TABLE; Schema: dbrouter; Owner: -
+--
+
+CREATE TABLE dbrouter.tenant_roles (
+    role text NOT NULL,
+    tenant text NOT NULL
+);
+
+
+--
+-- Name: tenant_stats; Type: VIEW; Schema: dbrouter; Owner: -
+--
+
+CREATE VIEW dbrouter.tenant_stats AS
+ SELECT messages.tenant,
+    messages.direction,
+    messages.status,
+    count(*) AS messages,
+    sum(messages.n_total) AS transmissions,
+    sum((messages.segments * messages.n_total)) AS segments,
+    max(messages.created_at) AS latest
+   FROM dbrouter.messages
+  WHERE (messages.tenant IS NOT NULL)
+  GROUP BY messages.tenant, messages.direction, messages.status;
+
+
+--
+-- Name: tenants; Type: TABLE; Schema: dbrouter; Owner: -
+--
+
+CREATE TABLE dbrouter.tenants (
+    name text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT tenant_name CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'::text))
+);
+
+
+--
 -- Name: transmission_parts; Type: TABLE; Schema: dbrouter; Owner: -
 --
 
@@ -2381,6 +2529,30 @@ ALTER TABLE ONLY dbrouter.schema_files
 
 
 --
+-- Name: tenant_backends tenant_backends_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.tenant_backends
+    ADD CONSTRAINT tenant_backends_pkey PRIMARY KEY (tenant, backend_id);
+
+
+--
+-- Name: tenant_roles tenant_roles_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.tenant_roles
+    ADD CONSTRAINT tenant_roles_pkey PRIMARY KEY (role);
+
+
+--
+-- Name: tenants tenants_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.tenants
+    ADD CONSTRAINT tenants_pkey PRIMARY KEY (name);
+
+
+--
 -- Name: transmission_parts transmission_parts_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
 --
 
@@ -2429,7 +2601,7 @@ CREATE INDEX inbound_parts_received ON dbrouter.inbound_parts USING btree (recei
 -- Name: messages_client_key; Type: INDEX; Schema: dbrouter; Owner: -
 --
 
-CREATE UNIQUE INDEX messages_client_key ON dbrouter.messages USING btree (client_key) WHERE (client_key IS NOT NULL);
+CREATE UNIQUE INDEX messages_client_key ON dbrouter.messages USING btree (COALESCE(tenant, enqueued_by, ''::text), client_key) WHERE (client_key IS NOT NULL);
 
 
 --
@@ -2620,6 +2792,14 @@ ALTER TABLE ONLY dbrouter.inbound_parts
 
 
 --
+-- Name: messages message_tenant; Type: FK CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.messages
+    ADD CONSTRAINT message_tenant FOREIGN KEY (tenant) REFERENCES dbrouter.tenants(name) NOT VALID;
+
+
+--
 -- Name: messages messages_in_response_to_fkey; Type: FK CONSTRAINT; Schema: dbrouter; Owner: -
 --
 
@@ -2658,6 +2838,50 @@ ALTER TABLE ONLY dbrouter.received_ids
 ALTER TABLE ONLY dbrouter.received_ids
     ADD CONSTRAINT received_ids_message_id_fkey FOREIGN KEY (message_id) REFERENCES dbrouter.messages(id) ON DELETE CASCADE;
 
+
+--
+-- Name: tenant_backends tenant_backends_backend_id_fkey; Type: FK CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.tenant_backends
+    ADD CONSTRAINT tenant_backends_backend_id_fkey FOREIGN KEY (backend_id) REFERENCES dbrouter.backends(id) ON DELETE CASCADE;
+
+
+--
+-- Name: tenant_backends tenant_backends_tenant_fkey; Type: FK CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.tenant_backends
+    ADD CONSTRAINT tenant_backends_tenant_fkey FOREIGN KEY (tenant) REFERENCES dbrouter.tenants(name) ON DELETE CASCADE;
+
+
+--
+-- Name: tenant_roles tenant_roles_tenant_fkey; Type: FK CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.tenant_roles
+    ADD CONSTRAINT tenant_roles_tenant_fkey FOREIGN KEY (tenant) REFERENCES dbrouter.tenants(name) ON DELETE CASCADE;
+
+
+--
+-- Name: messages dbrouter_enqueue_own; Type: POLICY; Schema: dbrouter; Owner: -
+--
+
+CREATE POLICY dbrouter_enqueue_own ON dbrouter.messages FOR SELECT TO dbrouter_enqueue USING (dbrouter.is_mine(tenant, enqueued_by, ( SELECT dbrouter.caller() AS caller), ( SELECT dbrouter.caller_tenant() AS caller_tenant)));
+
+
+--
+-- Name: messages dbrouter_worker_all; Type: POLICY; Schema: dbrouter; Owner: -
+--
+
+CREATE POLICY dbrouter_worker_all ON dbrouter.messages TO dbrouter_worker, dbrouter_admin USING (true) WITH CHECK (true);
+
+
+--
+-- Name: messages; Type: ROW SECURITY; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE dbrouter.messages ENABLE ROW LEVEL SECURITY;
 
 --
 -- PostgreSQL database dump complete

@@ -75,6 +75,22 @@ AS $function$
         END)
 $function$;
 
+-- A tenant's role may enqueue only on the backends granted to its tenant
+-- (dbrouter.tenant_backends); an unknown backend and one not granted get
+-- the same answer, so a tenant learns nothing of others' backends. NULL
+-- for a role in no tenant (the CASE stops there: no lookup).
+CREATE OR REPLACE FUNCTION dbrouter.tenant_problem(p_tenant text, p_backend text, p_backend_id integer)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT CASE WHEN p_tenant IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM dbrouter.tenant_backends tb
+                                  WHERE tb.tenant = p_tenant AND tb.backend_id = p_backend_id)
+                THEN format('backend %L is unknown or not granted to tenant %L; an admin grants it: INSERT INTO dbrouter.tenant_backends (tenant, backend_id) SELECT %L, id FROM dbrouter.backends WHERE name = %L',
+                            p_backend, p_tenant, p_tenant, p_backend) END
+$function$;
+
 -- The E.164 rules of normalize_identity (below), on their own.
 CREATE OR REPLACE FUNCTION dbrouter.e164_identity(identity text, country_code text)
  RETURNS text

@@ -9,7 +9,9 @@
 -- The drains and broadcast() run as the schema's owner (SECURITY DEFINER,
 -- search_path pinned), so a role granted only INSERT on the inbox/outbox or
 -- EXECUTE on broadcast() enqueues without rights on any other table
--- (schema/90_roles.sql). Each records its caller in messages.enqueued_by.
+-- (schema/90_roles.sql). Each records its caller in messages.enqueued_by
+-- and the caller's tenant in messages.tenant; a tenant's role may enqueue
+-- only on the backends granted to its tenant (dbrouter.tenant_problem).
 CREATE OR REPLACE FUNCTION dbrouter.inbox_drain()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -21,9 +23,11 @@ AS $function$
 DECLARE
     problem text;
     v_caller text := dbrouter.caller();
+    v_tenant text := dbrouter.caller_tenant();
 BEGIN
     SELECT p INTO problem
       FROM (SELECT coalesce(
+                       dbrouter.tenant_problem(v_tenant, n.backend, b.id),
                        dbrouter.enqueue_problem(n.backend, b.id IS NOT NULL, n.identity, n.text,
                                                 b.number_format, b.country_code),
                        CASE WHEN n.fields IS NOT NULL AND jsonb_typeof(n.fields) <> 'object'
@@ -70,8 +74,8 @@ BEGIN
         SELECT * FROM src WHERE external_id IS NULL OR mid IN (SELECT message_id FROM fresh)
     ), msg AS (
         INSERT INTO dbrouter.messages (id, direction, status, text, external_id, fields, n_total,
-                                       enqueued_by)
-        SELECT mid, 'I', 'Q', text, external_id, fields, 1, v_caller FROM kept
+                                       enqueued_by, tenant)
+        SELECT mid, 'I', 'Q', text, external_id, fields, 1, v_caller, v_tenant FROM kept
     )
     INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status)
     SELECT mid, cid, backend_id, 'Q' FROM kept;
@@ -95,9 +99,11 @@ AS $function$
 DECLARE
     problem text;
     v_caller text := dbrouter.caller();
+    v_tenant text := dbrouter.caller_tenant();
 BEGIN
     SELECT p INTO problem
       FROM (SELECT coalesce(
+                       dbrouter.tenant_problem(v_tenant, n.backend, b.id),
                        dbrouter.enqueue_problem(n.backend, b.id IS NOT NULL, n.identity, n.text,
                                                 b.number_format, b.country_code),
                        CASE WHEN n.in_response_to IS NOT NULL AND m.id IS NULL
@@ -144,11 +150,11 @@ BEGIN
         -- (Q with no errors counted: the rollup trigger counts an opted-out
         -- identity's E transmission, below, and makes the message E)
         INSERT INTO dbrouter.messages (id, direction, status, text, in_response_to, n_total,
-                                       priority, send_at, expires_at, client_key, enqueued_by)
+                                       priority, send_at, expires_at, client_key, enqueued_by, tenant)
         SELECT mid, 'O', 'Q', text, in_response_to, 1, priority, send_at, expires_at, client_key,
-               v_caller
+               v_caller, v_tenant
           FROM src
-        ON CONFLICT (client_key) WHERE client_key IS NOT NULL DO NOTHING
+        ON CONFLICT ((coalesce(tenant, enqueued_by, '')), client_key) WHERE client_key IS NOT NULL DO NOTHING
         RETURNING id
     )
     INSERT INTO dbrouter.transmissions (message_id, connection_id, backend_id, status, due_at,
@@ -190,8 +196,15 @@ DECLARE
     v_expires timestamptz;
     problem text;
     part_size constant integer := 1000;
+    v_caller text := dbrouter.caller();
+    v_tenant text := dbrouter.caller_tenant();
+    v_scope text := coalesce(v_tenant, v_caller, '');
 BEGIN
     SELECT * INTO b FROM dbrouter.backends WHERE name = broadcast.backend;
+    problem := dbrouter.tenant_problem(v_tenant, broadcast.backend, b.id);
+    IF problem IS NOT NULL THEN
+        PERFORM dbrouter.raise_enqueue_problem('dbrouter.broadcast', problem);
+    END IF;
     IF broadcast.identities IS NULL OR cardinality(broadcast.identities) = 0 THEN
         PERFORM dbrouter.raise_enqueue_problem('dbrouter.broadcast', 'the identity list is empty');
     END IF;
@@ -210,7 +223,8 @@ BEGIN
     END IF;
 
     IF broadcast.client_key IS NOT NULL THEN
-        SELECT id INTO v_message_id FROM dbrouter.messages WHERE client_key = broadcast.client_key;
+        SELECT id INTO v_message_id FROM dbrouter.messages
+         WHERE coalesce(tenant, enqueued_by, '') = v_scope AND client_key = broadcast.client_key;
         IF FOUND THEN
             RETURN v_message_id;
         END IF;
@@ -223,14 +237,15 @@ BEGIN
     v_expires := dbrouter.deadline(broadcast.expires_at, broadcast.send_at, false, b);
 
     INSERT INTO dbrouter.messages (direction, status, text, n_total, priority, send_at, expires_at, client_key,
-                                   enqueued_by)
+                                   enqueued_by, tenant)
     VALUES ('O', 'Q', broadcast.text, cardinality(v_ids), broadcast.priority, broadcast.send_at,
-            v_expires, broadcast.client_key, dbrouter.caller())
-    ON CONFLICT (client_key) WHERE client_key IS NOT NULL DO NOTHING
+            v_expires, broadcast.client_key, v_caller, v_tenant)
+    ON CONFLICT ((coalesce(tenant, enqueued_by, '')), client_key) WHERE client_key IS NOT NULL DO NOTHING
     RETURNING id INTO v_message_id;
     IF v_message_id IS NULL THEN
         -- A concurrent call with the same key committed first.
-        SELECT id INTO v_message_id FROM dbrouter.messages WHERE client_key = broadcast.client_key;
+        SELECT id INTO v_message_id FROM dbrouter.messages
+         WHERE coalesce(tenant, enqueued_by, '') = v_scope AND client_key = broadcast.client_key;
         IF v_message_id IS NULL THEN
             RAISE EXCEPTION 'client_key % is being used by a transaction this one cannot see', quote_literal(broadcast.client_key)
                 USING HINT = 'retry in a new transaction (READ COMMITTED)';

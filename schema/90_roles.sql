@@ -19,16 +19,51 @@ AS $function$
                 ELSE current_setting('role') END
 $function$;
 
--- The messages the calling role enqueued (inbox, outbox, broadcast()), with
--- their progress; an application's window onto its own work. Lookups by id
--- or client_key use their indexes; nothing indexes enqueued_by (see
--- migration 0015).
+-- The calling role's tenant (dbrouter.tenant_roles), NULL when it is in
+-- none. Runs as the owner: an enqueueing role cannot read tenant_roles.
+CREATE OR REPLACE FUNCTION dbrouter.caller_tenant()
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT tenant FROM dbrouter.tenant_roles WHERE role = dbrouter.caller()
+$function$;
+
+-- Whether a message is the caller's: its tenant's, or (tenant NULL) one it
+-- enqueued itself. The row-level security policy of the enqueue role, the
+-- view below and the *_my_message functions all ask this. The caller and
+-- its tenant are passed in (scalar subqueries, evaluated once per
+-- statement) rather than looked up per row.
+CREATE OR REPLACE FUNCTION dbrouter.is_mine(p_tenant text, p_enqueued_by text, p_caller text, p_caller_tenant text)
+ RETURNS boolean
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT CASE WHEN p_tenant IS NOT NULL THEN p_tenant = p_caller_tenant
+                ELSE p_enqueued_by = p_caller END
+$function$;
+
+-- The messages of the calling role (its tenant's, or its own), with their
+-- progress; an application's window onto its own work. Lookups by id or
+-- client_key use their indexes; nothing indexes tenant or enqueued_by (see
+-- migrations 0015, 0016). The same rows as SELECT on dbrouter.messages,
+-- whose row-level security asks the same question.
 CREATE OR REPLACE VIEW dbrouter.my_messages WITH (security_barrier) AS
 SELECT id, direction, status, text, client_key, priority, send_at, expires_at, cancelled_at,
        n_total, n_done, n_delivered, n_error, encoding, segments, error,
-       created_at, sent_at, delivered_at
+       created_at, sent_at, delivered_at, tenant
   FROM dbrouter.messages
- WHERE enqueued_by = dbrouter.caller();
+ WHERE dbrouter.is_mine(tenant, enqueued_by, (SELECT dbrouter.caller()), (SELECT dbrouter.caller_tenant()));
+
+-- Per tenant and status, for operators (a scan of messages, like stats).
+CREATE OR REPLACE VIEW dbrouter.tenant_stats AS
+SELECT tenant, direction, status, count(*) AS messages, sum(n_total) AS transmissions,
+       sum(segments * n_total) AS segments, max(created_at) AS latest
+  FROM dbrouter.messages
+ WHERE tenant IS NOT NULL
+ GROUP BY tenant, direction, status;
 
 -- Cancel one of the calling role's own outbound messages (as
 -- dbrouter.cancel_message, which only admins may call on any message).
@@ -40,13 +75,40 @@ CREATE OR REPLACE FUNCTION dbrouter.cancel_my_message(p_message_id bigint)
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM dbrouter.messages
-                    WHERE id = p_message_id AND enqueued_by = dbrouter.caller()) THEN
-        RAISE EXCEPTION 'no message % enqueued by %', p_message_id, dbrouter.caller()
+    PERFORM dbrouter.check_mine(p_message_id);
+    RETURN dbrouter.cancel_message(p_message_id);
+END
+$function$;
+
+-- Requeue one of the caller's messages (as dbrouter.requeue_message).
+CREATE OR REPLACE FUNCTION dbrouter.requeue_my_message(p_message_id bigint)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    PERFORM dbrouter.check_mine(p_message_id);
+    RETURN dbrouter.requeue_message(p_message_id);
+END
+$function$;
+
+-- Raise, the same way whether it exists or not, unless message
+-- p_message_id is the caller's.
+CREATE OR REPLACE FUNCTION dbrouter.check_mine(p_message_id bigint)
+ RETURNS void
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM dbrouter.messages m
+                    WHERE m.id = p_message_id
+                      AND dbrouter.is_mine(m.tenant, m.enqueued_by, dbrouter.caller(), dbrouter.caller_tenant())) THEN
+        RAISE EXCEPTION 'no message % of %', p_message_id, coalesce('tenant ' || dbrouter.caller_tenant(), dbrouter.caller())
             USING ERRCODE = 'no_data_found',
                   HINT = 'SELECT id, status FROM dbrouter.my_messages ORDER BY id DESC LIMIT 20 lists yours';
     END IF;
-    RETURN dbrouter.cancel_message(p_message_id);
 END
 $function$;
 
@@ -93,9 +155,10 @@ BEGIN
 
     -- enqueue: stage messages, broadcast, count segments, see and cancel its own.
     EXECUTE format('GRANT INSERT ON dbrouter.inbox, dbrouter.outbox TO %I', enqueue);
-    EXECUTE format('GRANT SELECT ON dbrouter.my_messages TO %I', enqueue);
+    EXECUTE format('GRANT SELECT ON dbrouter.my_messages, dbrouter.messages TO %I', enqueue);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dbrouter.broadcast(text, text[], text, timestamptz, timestamptz, integer, text),
-                                    dbrouter.cancel_my_message(bigint), dbrouter.caller(),
+                                    dbrouter.cancel_my_message(bigint), dbrouter.requeue_my_message(bigint),
+                                    dbrouter.caller(), dbrouter.caller_tenant(), dbrouter.is_mine(text, text, text, text),
                                     dbrouter.segments(text), dbrouter.encoding(text),
                                     dbrouter.long_text_segments(text) TO %I', enqueue);
 
@@ -110,7 +173,8 @@ BEGIN
     -- requeue, purge; reads everything (`dbrouter status`).
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA dbrouter TO %I', admin);
     EXECUTE format('GRANT INSERT, UPDATE, DELETE ON dbrouter.backends, dbrouter.opt_outs,
-                          dbrouter.opt_out_keywords, dbrouter.keywords TO %I', admin);
+                          dbrouter.opt_out_keywords, dbrouter.keywords,
+                          dbrouter.tenants, dbrouter.tenant_roles, dbrouter.tenant_backends TO %I', admin);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA dbrouter TO %I', admin);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dbrouter.pause_backend(text, text), dbrouter.resume_backend(text),
                                     dbrouter.cancel_message(bigint), dbrouter.requeue_message(bigint),
@@ -119,11 +183,25 @@ BEGIN
                                     dbrouter.recount(bigint), dbrouter.rollup(integer, integer, integer, integer),
                                     dbrouter.purge_batch(interval, bigint, integer),
                                     dbrouter.segments(text), dbrouter.encoding(text),
-                                    dbrouter.long_text_segments(text), dbrouter.caller()
+                                    dbrouter.long_text_segments(text), dbrouter.caller(),
+                                    dbrouter.caller_tenant(), dbrouter.is_mine(text, text, text, text)
                     TO %I', admin);
     EXECUTE format('GRANT EXECUTE ON PROCEDURE dbrouter.purge(interval, integer) TO %I', admin);
 
     -- readonly: the views without message text or identities.
-    EXECUTE format('GRANT SELECT ON dbrouter.stats, dbrouter.fanouts_waiting, dbrouter.bind_states TO %I', readonly);
+    EXECUTE format('GRANT SELECT ON dbrouter.stats, dbrouter.tenant_stats, dbrouter.fanouts_waiting,
+                          dbrouter.bind_states TO %I', readonly);
+
+    -- Row-level security on messages (migration 0016): the worker and the
+    -- admin see and change every row; an enqueueing role reads its own
+    -- (dbrouter.is_mine). The owner (migrate, the SECURITY DEFINER
+    -- functions, the views) is not subject to it.
+    EXECUTE format('DROP POLICY IF EXISTS %I ON dbrouter.messages', worker || '_all');
+    EXECUTE format('CREATE POLICY %I ON dbrouter.messages TO %I, %I USING (true) WITH CHECK (true)',
+                   worker || '_all', worker, admin);
+    EXECUTE format('DROP POLICY IF EXISTS %I ON dbrouter.messages', enqueue || '_own');
+    EXECUTE format('CREATE POLICY %I ON dbrouter.messages FOR SELECT TO %I
+                      USING (dbrouter.is_mine(tenant, enqueued_by, (SELECT dbrouter.caller()), (SELECT dbrouter.caller_tenant())))',
+                   enqueue || '_own', enqueue);
 END
 $function$;

@@ -49,8 +49,8 @@ async fn setup() -> (TestDb, String) {
         .await
         .expect("migrate with roles");
     db.exec(&format!(
-        "CREATE ROLE {prefix}app1; CREATE ROLE {prefix}app2;
-         GRANT {prefix}enqueue TO {prefix}app1, {prefix}app2;"
+        "CREATE ROLE {prefix}app1; CREATE ROLE {prefix}app2; CREATE ROLE {prefix}app3;
+         GRANT {prefix}enqueue TO {prefix}app1, {prefix}app2, {prefix}app3;"
     ))
     .await;
     db.backend("sms", "database", serde_json::json!({}), None)
@@ -63,7 +63,9 @@ async fn teardown(db: TestDb, prefix: &str) {
     let base = dbrouter::db::connect(&common::base_url(), 1)
         .await
         .expect("connect");
-    for r in ["app1", "app2", "enqueue", "worker", "admin", "readonly"] {
+    for r in [
+        "app1", "app2", "app3", "enqueue", "worker", "admin", "readonly",
+    ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP ROLE IF EXISTS {prefix}{r}"
         )))
@@ -116,9 +118,38 @@ async fn each_role_can_do_exactly_its_list() {
             &["enqueue", "worker", "admin"],
         ),
         (
-            "read messages",
+            "read messages (enqueue: its own, by row-level security)",
             "SELECT * FROM dbrouter.messages".into(),
+            &["enqueue", "worker", "admin"],
+        ),
+        (
+            "requeue_my_message() of its own",
+            "INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('sms', '+1', 'x');
+             SELECT dbrouter.requeue_my_message((SELECT max(id) FROM dbrouter.my_messages))"
+                .into(),
+            &["enqueue", "worker"],
+        ),
+        (
+            "cancel_my_message() of its own",
+            "INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('sms', '+1', 'x');
+             SELECT dbrouter.cancel_my_message((SELECT max(id) FROM dbrouter.my_messages))"
+                .into(),
+            &["enqueue", "worker"],
+        ),
+        (
+            "add a tenant",
+            "INSERT INTO dbrouter.tenants (name) VALUES ('t')".into(),
             &["worker", "admin"],
+        ),
+        (
+            "read tenant_roles",
+            "SELECT * FROM dbrouter.tenant_roles".into(),
+            &["worker", "admin"],
+        ),
+        (
+            "read tenant_stats",
+            "SELECT * FROM dbrouter.tenant_stats".into(),
+            &["worker", "admin", "readonly"],
         ),
         (
             "read transmissions",
@@ -334,7 +365,7 @@ async fn an_application_sees_and_cancels_only_its_own_messages() {
         "another's message is answered as a missing one"
     );
     assert!(
-        refused.contains(&format!("no message {theirs} enqueued by {app2}")),
+        refused.contains(&format!("no message {theirs} of {app2}")),
         "{refused}"
     );
     assert_eq!(
@@ -578,5 +609,170 @@ async fn serve_and_a_worker_take_a_message_and_its_report_under_the_worker_role(
     );
     worker_pool.close().await;
     drop(worker);
+    teardown(db, &p).await;
+}
+
+/// Tenants: app1 and app3 are tenant "acme", app2 tenant "zeta". A tenant
+/// reads (row-level security and my_messages), cancels and requeues its
+/// own messages only, and learns nothing of the other's: not their rows,
+/// counts or ids, not whether a backend it was not granted exists; it
+/// sends only through its granted backends; client keys are per tenant.
+/// The worker, under its role, still sees and sends everything.
+#[tokio::test]
+async fn tenants_are_isolated_by_the_database() {
+    let (db, p) = setup().await;
+    let (app1, app2, app3) = (format!("{p}app1"), format!("{p}app2"), format!("{p}app3"));
+    db.backend("shared", "database", serde_json::json!({}), None)
+        .await;
+    db.exec(&format!(
+        "INSERT INTO dbrouter.tenants (name) VALUES ('acme'), ('zeta');
+         INSERT INTO dbrouter.tenant_roles (role, tenant) VALUES ('{app1}', 'acme'), ('{app3}', 'acme'), ('{app2}', 'zeta');
+         INSERT INTO dbrouter.tenant_backends (tenant, backend_id)
+              SELECT 'acme', id FROM dbrouter.backends WHERE name IN ('sms', 'shared')
+              UNION ALL SELECT 'zeta', id FROM dbrouter.backends WHERE name = 'shared';"
+    ))
+    .await;
+    commit_as(
+        &db.pool,
+        &app1,
+        "INSERT INTO dbrouter.outbox (backend, identity, text, client_key) VALUES ('sms', '+255700000001', 'acme 1', 'k1');
+         SELECT dbrouter.broadcast('shared', ARRAY['+255700000002', '+255700000003'], 'acme broadcast');",
+    )
+    .await;
+    // the same key in another tenant is another message; in the same tenant, the same one
+    commit_as(
+        &db.pool,
+        &app2,
+        "INSERT INTO dbrouter.outbox (backend, identity, text, client_key) VALUES ('shared', '+255700000001', 'zeta 1', 'k1');",
+    )
+    .await;
+    commit_as(
+        &db.pool,
+        &app3,
+        "INSERT INTO dbrouter.outbox (backend, identity, text, client_key) VALUES ('sms', '+255700000001', 'acme again', 'k1');",
+    )
+    .await;
+    assert_eq!(
+        db.scalar_str("SELECT string_agg(coalesce(tenant, '-') || ':' || text, ', ' ORDER BY id) FROM dbrouter.messages").await,
+        "acme:acme 1, acme:acme broadcast, zeta:zeta 1"
+    );
+
+    // zeta may not use sms, and cannot tell it from a backend that does not exist
+    let refused = as_role(
+        &db.pool,
+        &app2,
+        "INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('sms', '+1', 'x')",
+    )
+    .await
+    .unwrap_err();
+    let unknown = as_role(
+        &db.pool,
+        &app2,
+        "INSERT INTO dbrouter.outbox (backend, identity, text) VALUES ('nope', '+1', 'x')",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.contains("backend 'sms' is unknown or not granted to tenant 'zeta'"),
+        "{refused}"
+    );
+    assert_eq!(
+        refused.replace("'sms'", "'B'"),
+        unknown.replace("'nope'", "'B'")
+    );
+    let refused = as_role(
+        &db.pool,
+        &app2,
+        "SELECT dbrouter.broadcast('sms', ARRAY['+1'], 'x')",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.contains("not granted to tenant 'zeta'"),
+        "{refused}"
+    );
+
+    // what each reads: its tenant's rows, through the table and the view
+    for (app, expected) in [
+        (&app1, "acme 1,acme broadcast"),
+        (&app3, "acme 1,acme broadcast"),
+        (&app2, "zeta 1"),
+    ] {
+        let pool = pool_as(&db, app).await;
+        for from in ["dbrouter.messages", "dbrouter.my_messages"] {
+            let seen: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT coalesce(string_agg(text, ',' ORDER BY id), '') FROM {from}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(seen, expected, "{app} reading {from}");
+        }
+        let counted: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dbrouter.messages WHERE text LIKE 'zeta%' OR text LIKE 'acme%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            counted as usize,
+            expected.split(',').count(),
+            "{app} counts only its own"
+        );
+        pool.close().await;
+    }
+
+    // cancel and requeue: another tenant's id is answered as a missing one
+    let zeta = db
+        .scalar_i64("SELECT id FROM dbrouter.messages WHERE tenant = 'zeta'")
+        .await;
+    let acme = db
+        .scalar_i64("SELECT min(id) FROM dbrouter.messages WHERE tenant = 'acme'")
+        .await;
+    for f in ["cancel_my_message", "requeue_my_message"] {
+        let theirs = as_role(&db.pool, &app1, &format!("SELECT dbrouter.{f}({zeta})"))
+            .await
+            .unwrap_err();
+        let missing = as_role(&db.pool, &app1, &format!("SELECT dbrouter.{f}(999999)"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            theirs.replace(&format!("message {zeta} "), "message N "),
+            missing.replace("message 999999 ", "message N "),
+            "{f}"
+        );
+        assert!(theirs.contains("of tenant acme"), "{theirs}");
+    }
+    // app3 cancels what app1 of the same tenant enqueued
+    assert_eq!(
+        as_role(
+            &db.pool,
+            &app3,
+            &format!("SELECT dbrouter.cancel_my_message({acme})")
+        )
+        .await,
+        Ok(())
+    );
+
+    // the worker under its role sees every tenant's messages and sends them
+    let worker_pool = pool_as(&db, &format!("{p}worker")).await;
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM dbrouter.messages")
+        .fetch_one(&worker_pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, 3);
+    db.worker_on(&worker_pool).await.drain().await.unwrap();
+    assert_eq!(
+        db.scalar_str(
+            "SELECT string_agg(text || ':' || status, ', ' ORDER BY id) FROM dbrouter.messages"
+        )
+        .await,
+        "acme 1:S, acme broadcast:S, zeta 1:S"
+    );
+    assert_eq!(
+        db.scalar_str("SELECT string_agg(tenant || ' ' || status || ' ' || messages, ', ' ORDER BY tenant) FROM dbrouter.tenant_stats").await,
+        "acme S 2, zeta S 1"
+    );
+    worker_pool.close().await;
     teardown(db, &p).await;
 }

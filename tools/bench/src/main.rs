@@ -75,6 +75,12 @@ struct Args {
     /// The stand-in SMSC's URL (set once it is listening).
     #[arg(skip)]
     smsc_url: String,
+    /// The role the workers run as (SET at connection start): the worker
+    /// role, as a deployment runs them, under the row-level security of
+    /// messages. None: the cluster's superuser (no row-level security), for
+    /// the comparison row.
+    #[arg(skip = Some("dbrouter_worker".to_string()))]
+    worker_role: Option<String>,
     /// Run only these parts (for working on one figure); the table leaves
     /// out the rows of the others.
     #[arg(
@@ -139,6 +145,9 @@ struct Results {
     gateway_requests_per_s: f64,
     /// The 2-worker round trip through the `database` engine.
     database_round_trip: Option<RoundTrip>,
+    /// The 2-worker round trip with the workers as the superuser (no
+    /// row-level security), beside the same as the worker role.
+    superuser_round_trip: Option<RoundTrip>,
     /// The broadcast end to end on tables holding a round trip's history.
     broadcast_after_round_trip_per_s: f64,
     wakeup_p50_ms: f64,
@@ -281,11 +290,18 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 fn spawn_workers(args: &Args, url: &str, n: usize) -> Result<Vec<Child>> {
+    let url = match &args.worker_role {
+        Some(role) => format!(
+            "{url}{}options=-c%20role%3D{role}",
+            if url.contains('?') { '&' } else { '?' }
+        ),
+        None => url.to_string(),
+    };
     (0..n)
         .map(|_| {
             Command::new(&args.dbrouter)
                 .args(["worker", "--apps", "echo", "--poll-interval", "1s"])
-                .env("DATABASE_URL", url)
+                .env("DATABASE_URL", &url)
                 .env("DBROUTER_LOG", "error")
                 .stdin(Stdio::null())
                 .spawn()
@@ -850,6 +866,12 @@ async fn main() -> Result<()> {
         }
         eprintln!("bench: round trip through the database engine, 2 workers");
         r.database_round_trip = Some(round_trip(&args, 2, tck, Via::Database).await?);
+        eprintln!("bench: round trip through the gateway, 2 workers as the superuser");
+        let superuser = Args {
+            worker_role: None,
+            ..args.clone()
+        };
+        r.superuser_round_trip = Some(round_trip(&superuser, 2, tck, Via::Gateway).await?);
     }
     if run(Part::Broadcast) {
         eprintln!("bench: broadcast");
@@ -1035,6 +1057,14 @@ fn table(r: &Results) -> String {
                 two.msgs_per_s / r.gateway_requests_per_s
             ));
         }
+    }
+    if let (Some(su), Some(two)) = (&r.superuser_round_trip, by_workers.get(&2)) {
+        out.push_str(&format!(
+            "| round trip, 2 workers as `dbrouter_worker` (row-level security on messages) | {:.0} msgs/s | as the superuser (none) {:.0} msgs/s | {:.2} | ≥ 0.90 |\n",
+            two.msgs_per_s,
+            su.msgs_per_s,
+            two.msgs_per_s / su.msgs_per_s
+        ));
     }
     if let Some(d) = &r.database_round_trip {
         out.push_str(&format!(
