@@ -121,6 +121,7 @@ CREATE OR REPLACE FUNCTION dbrouter.grant_roles(p_prefix text DEFAULT 'dbrouter_
  RETURNS void
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pg_temp'
+ SET client_min_messages TO 'warning'
 AS $function$
 DECLARE
     enqueue  text := p_prefix || 'enqueue';

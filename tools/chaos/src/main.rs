@@ -107,10 +107,14 @@ struct Workers {
 
 impl Workers {
     fn spawn_one(args: &Args) -> Result<Child> {
-        let url = args
-            .worker_url
-            .clone()
-            .unwrap_or_else(|| args.database_url.clone());
+        // Workers run as dbrouter_worker (set at connection start), as a
+        // deployment runs them: under the row-level security of messages.
+        // Through PgBouncer (--worker-url) they connect as its user.
+        let url = args.worker_url.clone().unwrap_or_else(|| {
+            let url = &args.database_url;
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}options=-c%20role%3Ddbrouter_worker")
+        });
         let mut cmd = Command::new(&args.dbrouter);
         cmd.arg("worker")
             .args(["--apps", "echo,default"])
