@@ -566,3 +566,107 @@ async fn enquire_link_keeps_an_idle_bind() {
     kept.stop().await;
     control.stop().await;
 }
+
+/// `smpps://` through stunnel (Debian's stunnel4, the usual TLS front of an
+/// SMSC) to the test SMSC, whose certificate a private CA signed, that CA
+/// named in `tls_ca`: a message in, its reply out, over TLS. A backend that
+/// does not trust the CA never binds, and says why.
+#[tokio::test]
+async fn smpps_binds_over_tls_trusting_the_configured_ca() {
+    let smsc = Smsc::start().await;
+    let dir = std::env::temp_dir().join(format!("dbrouter-tls-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // a private CA, and the SMSC's certificate for "localhost" signed by it
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem",
+        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out smsc.csr",
+        "x509 -req -in smsc.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out cert.pem",
+    ] {
+        let made = std::process::Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(&dir)
+            .output()
+            .expect("openssl");
+        assert!(made.status.success(), "openssl {args}: {}", String::from_utf8_lossy(&made.stderr));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let conf = dir.join("stunnel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "foreground = yes\npid =\n[smpp]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{}\ncert = {}\nkey = {}\n",
+            smsc.port,
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let stunnel = if std::path::Path::new("/usr/bin/stunnel4").exists() {
+        "stunnel4"
+    } else {
+        "stunnel"
+    };
+    let mut tunnel = common::Proc(
+        std::process::Command::new(stunnel)
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("stunnel (bin/test installs Debian's stunnel4)"),
+    );
+    wait_until("stunnel listening", LIMIT, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+
+    let db = TestDb::new().await;
+    let mut config = smsc.config();
+    config["url"] = json!(format!("smpps://localhost:{port}"));
+    config["tls_ca"] = json!(ca.display().to_string());
+    db.backend("op", "smpp", config.clone(), None).await;
+    let mut untrusting = config;
+    untrusting.as_object_mut().unwrap().remove("tls_ca");
+    db.backend("other", "smpp", untrusting, None).await;
+    let (_w, stop) = run_worker(&db).await;
+    wait_until("the TLS bind up", LIMIT, || async {
+        smsc.bound_sessions() == 1
+    })
+    .await;
+    smsc.deliver("255700000001", 0, 0, b"echo over tls".to_vec())
+        .await;
+    wait_until("the reply submitted", LIMIT, || async {
+        !smsc.submitted().is_empty()
+    })
+    .await;
+    assert_eq!(
+        dbrouter::gsm::decode_unpacked(&smsc.submitted()[0].short_message).unwrap(),
+        "over tls"
+    );
+    wait_until("the untrusting bind's failure recorded", LIMIT, || async {
+        db.scalar_str("SELECT coalesce(string_agg(state, ''), '') FROM dbrouter.bind_states WHERE backend = 'other'")
+            .await
+            .contains("certificate")
+    })
+    .await;
+    assert_eq!(smsc.binds(), 1, "only the trusting backend bound");
+    stop.cancel();
+    let _ = tunnel.0.kill();
+    db.drop().await;
+    smsc.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

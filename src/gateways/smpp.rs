@@ -66,6 +66,9 @@ struct Inner {
     source: Source,
     /// How long the backend waits after a throttling answer.
     throttle_wait: Duration,
+    /// The TLS settings when `config.tls_ca` names a CA; else rusmppc's
+    /// (the web's roots).
+    tls: Option<rustls::ClientConfig>,
     binds: Vec<Bind>,
     next: AtomicUsize,
     /// Woken whenever a bind comes up.
@@ -116,6 +119,11 @@ struct Bind {
 struct Config {
     /// `smpp://host:port`, or `smpps://` for TLS (rustls, the web's roots).
     url: String,
+    /// A PEM file of the CA certificates to trust for `smpps://` instead of
+    /// the web's roots (an operator's private CA, or the SMSC's own
+    /// self-signed certificate).
+    #[serde(default)]
+    tls_ca: Option<String>,
     system_id: String,
     password: String,
     #[serde(default)]
@@ -233,6 +241,7 @@ impl Smpp {
             Duration::from_secs(1),
         )?;
         let source = Source::from_config(&config)?;
+        let tls = config.tls_ca.as_deref().map(tls_trusting).transpose()?;
         COctetString::<1, 16>::from_str(&config.system_id)
             .map_err(|_| "config.system_id must be 1 to 15 ASCII characters".to_string())?;
         COctetString::<1, 9>::from_str(&config.password)
@@ -249,6 +258,7 @@ impl Smpp {
             config,
             source,
             throttle_wait,
+            tls,
             binds,
             next: AtomicUsize::new(0),
             up: Notify::new(),
@@ -300,7 +310,7 @@ async fn keep_bound(inner: Arc<Inner>, i: usize, pool: PgPool, stop: Cancellatio
     let mut receiver = Receiver::new(&inner, pool);
     loop {
         let connected = tokio::select! {
-            r = connect(&inner.config) => r,
+            r = connect(&inner.config, inner.tls.clone()) => r,
             _ = stop.cancelled() => return,
         };
         match connected {
@@ -412,8 +422,35 @@ async fn report(inner: Arc<Inner>, pool: PgPool, stop: CancellationToken) {
     }
 }
 
+/// TLS settings trusting the CA certificates of the PEM file `path` (and
+/// nothing else).
+fn tls_trusting(path: &str) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("config.tls_ca: cannot read {path}: {e}"))?;
+    for cert in certs {
+        let cert =
+            cert.map_err(|e| format!("config.tls_ca: {path} is not PEM certificates: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("config.tls_ca: a certificate of {path} is unusable: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("config.tls_ca: {path} holds no certificate"));
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
 /// Connect and bind as a transceiver.
-async fn connect(c: &Config) -> Result<(Client, BoxStream<'static, Event>), String> {
+async fn connect(
+    c: &Config,
+    tls: Option<rustls::ClientConfig>,
+) -> Result<(Client, BoxStream<'static, Event>), String> {
     let response_timeout = duration(
         "response_timeout",
         &c.response_timeout,
@@ -422,7 +459,11 @@ async fn connect(c: &Config) -> Result<(Client, BoxStream<'static, Event>), Stri
     let enquire_link = duration("enquire_link", &c.enquire_link, Duration::from_secs(30))?;
     // (rusmppc speaks SMPP 5.0 and by default refuses to send a 3.4 bind;
     // dbrouter binds as 3.4, what SMSCs take, and sends only 3.4 PDUs)
-    let (client, events, connection) = ConnectionBuilder::new()
+    let mut builder = ConnectionBuilder::new();
+    if let Some(tls) = tls {
+        builder = builder.rustls_config(tls);
+    }
+    let (client, events, connection) = builder
         .disable_interface_version_check()
         .enquire_link_interval(enquire_link)
         .response_timeout(response_timeout)
