@@ -716,6 +716,7 @@ $$;
 CREATE FUNCTION dbrouter.grant_roles(p_prefix text DEFAULT 'dbrouter_'::text) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET client_min_messages TO 'warning'
     AS $_$
 DECLARE
     enqueue  text := p_prefix || 'enqueue';
