@@ -279,6 +279,23 @@ $$;
 
 
 --
+-- Name: bucket(double precision, double precision, double precision, timestamp with time zone, integer); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.bucket(p_rate double precision, p_burst double precision, p_tokens double precision, p_at timestamp with time zone, p_wanted integer, OUT granted integer, OUT wait_seconds double precision, OUT tokens double precision, OUT at timestamp with time zone) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    at := clock_timestamp();
+    tokens := least(p_burst, p_tokens + p_rate * greatest(0, extract(epoch FROM at - p_at)));
+    granted := least(p_wanted, floor(tokens))::integer;
+    wait_seconds := CASE WHEN granted > 0 THEN 0 ELSE (1 - tokens) / p_rate END;
+    tokens := tokens - granted;
+END
+$$;
+
+
+--
 -- Name: caller(); Type: FUNCTION; Schema: dbrouter; Owner: -
 --
 
@@ -1662,6 +1679,43 @@ $$;
 
 
 --
+-- Name: take_tenant_tokens(text, integer); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.take_tenant_tokens(p_tenant text, p_wanted integer, OUT granted integer, OUT wait_seconds double precision) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_rate double precision;
+    v_burst double precision;
+    v_tokens double precision;
+    v_at timestamptz;
+BEGIN
+    SELECT rate_limit, coalesce(rate_burst, greatest(1, floor(rate_limit)))
+      INTO v_rate, v_burst
+      FROM dbrouter.tenants WHERE name = p_tenant;
+    IF v_rate IS NULL THEN
+        granted := p_wanted;
+        wait_seconds := 0;
+        RETURN;
+    END IF;
+    INSERT INTO dbrouter.tenant_rates (tenant, tokens, refilled_at)
+    VALUES (p_tenant, v_burst, clock_timestamp())
+    ON CONFLICT (tenant) DO NOTHING;
+    SELECT tokens, refilled_at INTO v_tokens, v_at
+      FROM dbrouter.tenant_rates WHERE tenant = p_tenant FOR UPDATE;
+    SELECT b.granted, b.wait_seconds, b.tokens, b.at INTO granted, wait_seconds, v_tokens, v_at
+      FROM dbrouter.bucket(v_rate, v_burst, v_tokens, v_at, p_wanted) b;
+    IF granted < p_wanted THEN
+        wait_seconds := (1 - v_tokens) / v_rate;
+    END IF;
+    UPDATE dbrouter.tenant_rates SET tokens = v_tokens, refilled_at = v_at
+     WHERE tenant = p_tenant;
+END
+$$;
+
+
+--
 -- Name: take_tokens(integer, integer); Type: FUNCTION; Schema: dbrouter; Owner: -
 --
 
@@ -1673,7 +1727,6 @@ DECLARE
     v_burst double precision;
     v_tokens double precision;
     v_at timestamptz;
-    v_now timestamptz;
 BEGIN
     SELECT rate_limit, coalesce(rate_burst, greatest(1, floor(rate_limit)))
       INTO v_rate, v_burst
@@ -1688,12 +1741,9 @@ BEGIN
     ON CONFLICT (backend_id) DO NOTHING;
     SELECT tokens, refilled_at INTO v_tokens, v_at
       FROM dbrouter.backend_rates WHERE backend_id = p_backend_id FOR UPDATE;
-    -- Read the clock once the lock is ours, so refills never run backwards.
-    v_now := clock_timestamp();
-    v_tokens := least(v_burst, v_tokens + v_rate * greatest(0, extract(epoch FROM v_now - v_at)));
-    granted := least(p_wanted, floor(v_tokens))::integer;
-    wait_seconds := CASE WHEN granted > 0 THEN 0 ELSE (1 - v_tokens) / v_rate END;
-    UPDATE dbrouter.backend_rates SET tokens = v_tokens - granted, refilled_at = v_now
+    SELECT b.granted, b.wait_seconds, b.tokens, b.at INTO granted, wait_seconds, v_tokens, v_at
+      FROM dbrouter.bucket(v_rate, v_burst, v_tokens, v_at, p_wanted) b;
+    UPDATE dbrouter.backend_rates SET tokens = v_tokens, refilled_at = v_at
      WHERE backend_id = p_backend_id;
 END
 $$;
@@ -2325,6 +2375,17 @@ CREATE TABLE dbrouter.tenant_backends (
 
 
 --
+-- Name: tenant_rates; Type: TABLE; Schema: dbrouter; Owner: -
+--
+
+CREATE TABLE dbrouter.tenant_rates (
+    tenant text NOT NULL,
+    tokens double precision NOT NULL,
+    refilled_at timestamp with time zone NOT NULL
+);
+
+
+--
 -- Name: tenant_roles; Type: TABLE; Schema: dbrouter; Owner: -
 --
 
@@ -2358,7 +2419,11 @@ CREATE VIEW dbrouter.tenant_stats AS
 CREATE TABLE dbrouter.tenants (
     name text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT tenant_name CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'::text))
+    rate_limit double precision,
+    rate_burst integer,
+    CONSTRAINT tenant_name CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'::text)),
+    CONSTRAINT tenant_rate_burst_range CHECK (((rate_burst >= 1) AND (rate_burst <= 1000000))),
+    CONSTRAINT tenant_rate_limit_positive CHECK (((rate_limit > (0)::double precision) AND (rate_limit <= (1000000)::double precision)))
 );
 
 
@@ -2535,6 +2600,14 @@ ALTER TABLE ONLY dbrouter.schema_files
 
 ALTER TABLE ONLY dbrouter.tenant_backends
     ADD CONSTRAINT tenant_backends_pkey PRIMARY KEY (tenant, backend_id);
+
+
+--
+-- Name: tenant_rates tenant_rates_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.tenant_rates
+    ADD CONSTRAINT tenant_rates_pkey PRIMARY KEY (tenant);
 
 
 --
@@ -2718,6 +2791,20 @@ CREATE TRIGGER outbox_drain AFTER INSERT ON dbrouter.outbox REFERENCING NEW TABL
 
 
 --
+-- Name: tenant_backends tenant_backends_changed; Type: TRIGGER; Schema: dbrouter; Owner: -
+--
+
+CREATE TRIGGER tenant_backends_changed AFTER INSERT OR DELETE OR UPDATE ON dbrouter.tenant_backends FOR EACH STATEMENT EXECUTE FUNCTION dbrouter.backends_changed();
+
+
+--
+-- Name: tenants tenants_changed; Type: TRIGGER; Schema: dbrouter; Owner: -
+--
+
+CREATE TRIGGER tenants_changed AFTER INSERT OR DELETE OR UPDATE ON dbrouter.tenants FOR EACH STATEMENT EXECUTE FUNCTION dbrouter.backends_changed();
+
+
+--
 -- Name: transmission_parts transmission_parts_roll_up; Type: TRIGGER; Schema: dbrouter; Owner: -
 --
 
@@ -2854,6 +2941,14 @@ ALTER TABLE ONLY dbrouter.tenant_backends
 
 ALTER TABLE ONLY dbrouter.tenant_backends
     ADD CONSTRAINT tenant_backends_tenant_fkey FOREIGN KEY (tenant) REFERENCES dbrouter.tenants(name) ON DELETE CASCADE;
+
+
+--
+-- Name: tenant_rates tenant_rates_tenant_fkey; Type: FK CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.tenant_rates
+    ADD CONSTRAINT tenant_rates_tenant_fkey FOREIGN KEY (tenant) REFERENCES dbrouter.tenants(name) ON DELETE CASCADE;
 
 
 --

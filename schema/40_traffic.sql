@@ -19,7 +19,6 @@ DECLARE
     v_burst double precision;
     v_tokens double precision;
     v_at timestamptz;
-    v_now timestamptz;
 BEGIN
     SELECT rate_limit, coalesce(rate_burst, greatest(1, floor(rate_limit)))
       INTO v_rate, v_burst
@@ -34,13 +33,66 @@ BEGIN
     ON CONFLICT (backend_id) DO NOTHING;
     SELECT tokens, refilled_at INTO v_tokens, v_at
       FROM dbrouter.backend_rates WHERE backend_id = p_backend_id FOR UPDATE;
-    -- Read the clock once the lock is ours, so refills never run backwards.
-    v_now := clock_timestamp();
-    v_tokens := least(v_burst, v_tokens + v_rate * greatest(0, extract(epoch FROM v_now - v_at)));
-    granted := least(p_wanted, floor(v_tokens))::integer;
-    wait_seconds := CASE WHEN granted > 0 THEN 0 ELSE (1 - v_tokens) / v_rate END;
-    UPDATE dbrouter.backend_rates SET tokens = v_tokens - granted, refilled_at = v_now
+    SELECT b.granted, b.wait_seconds, b.tokens, b.at INTO granted, wait_seconds, v_tokens, v_at
+      FROM dbrouter.bucket(v_rate, v_burst, v_tokens, v_at, p_wanted) b;
+    UPDATE dbrouter.backend_rates SET tokens = v_tokens, refilled_at = v_at
      WHERE backend_id = p_backend_id;
+END
+$function$;
+
+-- The same for a tenant's bucket (migration 0017), taken by the claims of
+-- the backends granted to a limited tenant (sql/hold_over_tenant_limits.sql).
+-- `wait_seconds`: when the next token is due if fewer than wanted were
+-- granted, else 0. Locks the tenant's bucket row until the caller's
+-- transaction ends.
+CREATE OR REPLACE FUNCTION dbrouter.take_tenant_tokens(p_tenant text, p_wanted integer, OUT granted integer, OUT wait_seconds double precision)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_rate double precision;
+    v_burst double precision;
+    v_tokens double precision;
+    v_at timestamptz;
+BEGIN
+    SELECT rate_limit, coalesce(rate_burst, greatest(1, floor(rate_limit)))
+      INTO v_rate, v_burst
+      FROM dbrouter.tenants WHERE name = p_tenant;
+    IF v_rate IS NULL THEN
+        granted := p_wanted;
+        wait_seconds := 0;
+        RETURN;
+    END IF;
+    INSERT INTO dbrouter.tenant_rates (tenant, tokens, refilled_at)
+    VALUES (p_tenant, v_burst, clock_timestamp())
+    ON CONFLICT (tenant) DO NOTHING;
+    SELECT tokens, refilled_at INTO v_tokens, v_at
+      FROM dbrouter.tenant_rates WHERE tenant = p_tenant FOR UPDATE;
+    SELECT b.granted, b.wait_seconds, b.tokens, b.at INTO granted, wait_seconds, v_tokens, v_at
+      FROM dbrouter.bucket(v_rate, v_burst, v_tokens, v_at, p_wanted) b;
+    IF granted < p_wanted THEN
+        wait_seconds := (1 - v_tokens) / v_rate;
+    END IF;
+    UPDATE dbrouter.tenant_rates SET tokens = v_tokens, refilled_at = v_at
+     WHERE tenant = p_tenant;
+END
+$function$;
+
+-- A token bucket's arithmetic: refill (p_rate a second, at most p_burst)
+-- from p_at to now, grant up to p_wanted whole tokens. Returns what is
+-- granted, the wait for the next token when none is, and the bucket's new
+-- state. The clock is read here, after the caller locked the bucket row,
+-- so refills never run backwards.
+CREATE OR REPLACE FUNCTION dbrouter.bucket(p_rate double precision, p_burst double precision, p_tokens double precision, p_at timestamptz, p_wanted integer, OUT granted integer, OUT wait_seconds double precision, OUT tokens double precision, OUT at timestamptz)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    at := clock_timestamp();
+    tokens := least(p_burst, p_tokens + p_rate * greatest(0, extract(epoch FROM at - p_at)));
+    granted := least(p_wanted, floor(tokens))::integer;
+    wait_seconds := CASE WHEN granted > 0 THEN 0 ELSE (1 - tokens) / p_rate END;
+    tokens := tokens - granted;
 END
 $function$;
 

@@ -46,3 +46,9 @@ END
 $function$;
 
 CREATE OR REPLACE TRIGGER backends_touch BEFORE UPDATE ON dbrouter.backends FOR EACH ROW EXECUTE FUNCTION dbrouter.backends_touch();
+
+-- Tenants' limits and grants decide which backends' claims take tenant
+-- tokens (sql/backends_load.sql): their changes wake the workers too.
+CREATE OR REPLACE TRIGGER tenants_changed AFTER INSERT OR DELETE OR UPDATE ON dbrouter.tenants FOR EACH STATEMENT EXECUTE FUNCTION dbrouter.backends_changed();
+
+CREATE OR REPLACE TRIGGER tenant_backends_changed AFTER INSERT OR DELETE OR UPDATE ON dbrouter.tenant_backends FOR EACH STATEMENT EXECUTE FUNCTION dbrouter.backends_changed();

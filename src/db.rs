@@ -217,6 +217,7 @@ mod tests {
             (14, "5b836ba3984eda8ad9f54aec6572cf066c6c40e555718a6c47dce9760e181555faeb63ba022d4535f20578bd4f75f478"),
             (15, "2b2367ac58d01ea844e8120eda6af0563fe23b8e1c24f4f6a0d7ea008eb9a77f9978a93a8d262d45cadf23d1748e2fa4"),
             (16, "471bdbbe5628ea660116a6a7436c377d75145eeac4c9d7de95b9bb921bc432d76041a775cc6cd4cde049b2e50ccd8873"),
+            (17, "37bd2eb99b9fbf8688e77f9697a32c34391d0ef65bd572ecffc8c6c91a2c8cee6ef3e74b3c97bf709b8db95b164b7594"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR

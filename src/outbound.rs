@@ -82,13 +82,17 @@ async fn claim_on(
 /// Claim for a rate-limited backend: take tokens from its bucket (shared by
 /// every worker process), claim at most that many, hand back the unused
 /// ones, all in one transaction. When the bucket is empty, nothing is
-/// claimed and the result says how long until the next token.
+/// claimed and the result says how long until the next token. With
+/// `tenant_limited` (the backend serves a tenant with a rate limit), the
+/// claimed rows of limited tenants take their tenants' tokens too, and
+/// those not covered go back to the queue (sql/hold_over_tenant_limits.sql).
 pub async fn claim_limited(
     pool: &PgPool,
     backend_id: i32,
     limit: u32,
     token: i64,
     lease: Duration,
+    tenant_limited: bool,
 ) -> Result<(Vec<Claimed>, Option<Duration>)> {
     let mut tx = pool.begin().await?;
     let (granted, wait): (i32, f64) = sqlx::query_as(include_str!("../sql/take_tokens.sql"))
@@ -102,7 +106,22 @@ pub async fn claim_limited(
         let wait = Duration::try_from_secs_f64(wait).unwrap_or(Duration::from_millis(10));
         return Ok((Vec::new(), Some(wait.max(Duration::from_millis(1)))));
     }
-    let rows = claim_on(&mut tx, backend_id, i64::from(granted), token, lease).await?;
+    let mut rows = claim_on(&mut tx, backend_id, i64::from(granted), token, lease).await?;
+    let mut tenant_wait = None;
+    if tenant_limited && !rows.is_empty() {
+        let ids: Vec<i64> = rows.iter().map(|r| r.transmission_id).collect();
+        let held: Vec<(i64, f64)> =
+            sqlx::query_as(include_str!("../sql/hold_over_tenant_limits.sql"))
+                .persistent(crate::db::prepared())
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        if !held.is_empty() {
+            tenant_wait = held.iter().map(|h| h.1).reduce(f64::min);
+            let held: std::collections::HashSet<i64> = held.into_iter().map(|h| h.0).collect();
+            rows.retain(|r| !held.contains(&r.transmission_id));
+        }
+    }
     let unused = granted - i32::try_from(rows.len()).unwrap_or(granted);
     if unused > 0 {
         sqlx::query(include_str!("../sql/return_tokens.sql"))
@@ -113,7 +132,13 @@ pub async fn claim_limited(
             .await?;
     }
     tx.commit().await?;
-    Ok((rows, None))
+    // all held back: the lane may wait for the first tenant token
+    let wait = tenant_wait.filter(|_| rows.is_empty()).map(|w| {
+        Duration::try_from_secs_f64(w)
+            .unwrap_or(Duration::from_millis(10))
+            .max(Duration::from_millis(1))
+    });
+    Ok((rows, wait))
 }
 
 /// Send a claimed batch; returns an outcome per transmission.
@@ -497,8 +522,16 @@ pub async fn run_batch(
     }
     let token: i64 = rand::random();
     let claimed_at = Instant::now();
-    let (claimed, wait) = if entry.rate_limited {
-        claim_limited(pool, entry.id, entry.batch_size, token, cfg.lease).await?
+    let (claimed, wait) = if entry.rate_limited || entry.tenant_limited {
+        claim_limited(
+            pool,
+            entry.id,
+            entry.batch_size,
+            token,
+            cfg.lease,
+            entry.tenant_limited,
+        )
+        .await?
     } else {
         (
             claim(pool, entry.id, entry.batch_size, token, cfg.lease).await?,

@@ -24,6 +24,9 @@ pub struct BackendEntry {
     pub paused: Option<String>,
     /// Whether a rate limit applies (claims then take tokens first).
     pub rate_limited: bool,
+    /// Whether it is granted to a tenant with a rate limit (claims then
+    /// take that tenant's tokens too).
+    pub tenant_limited: bool,
     /// A gateway asked us to wait until then (HTTP 429 Retry-After).
     pub throttled_until: Option<DateTime<Utc>>,
     pub timeout: Duration,
@@ -85,6 +88,7 @@ struct Row {
     pause_reason: Option<String>,
     rate_limited: bool,
     throttled_until: Option<DateTime<Utc>>,
+    tenant_limited: bool,
 }
 
 /// Load (or reload, reusing unchanged entries of `previous`) every backend,
@@ -113,7 +117,11 @@ async fn load_and(
     let mut entries = Vec::with_capacity(rows.len());
     for row in rows {
         match old.get(&row.id) {
-            Some(e) if e.updated_at == row.updated_at => entries.push((*e).clone()),
+            Some(e) if e.updated_at == row.updated_at => {
+                let mut e = (*e).clone();
+                e.tenant_limited = row.tenant_limited;
+                entries.push(e);
+            }
             // Only the row's state changed (pause, throttle, limits): keep
             // the built engine (and its connections).
             Some(e) if e.engine == row.engine && e.config == row.config => {
@@ -123,6 +131,7 @@ async fn load_and(
                 e.paused = row.pause_reason;
                 e.rate_limited = row.rate_limited;
                 e.throttled_until = row.throttled_until;
+                e.tenant_limited = row.tenant_limited;
                 e.updated_at = row.updated_at;
                 entries.push(e);
             }
@@ -168,6 +177,7 @@ fn build_entry(row: Row, pool: &PgPool, cfg: &WorkerConfig) -> BackendEntry {
         paused: row.pause_reason,
         rate_limited: row.rate_limited,
         throttled_until: row.throttled_until,
+        tenant_limited: row.tenant_limited,
         timeout,
         max_parts,
         engine_impl,

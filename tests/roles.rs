@@ -776,3 +776,124 @@ async fn tenants_are_isolated_by_the_database() {
     worker_pool.close().await;
     teardown(db, &p).await;
 }
+
+/// A tenant's rate limit holds across backends and workers, beside the
+/// backends' own: acme (20/s, bursts of 5) sends its broadcast no faster,
+/// through a backend it shares with zeta, whose broadcast (no limit) is not
+/// held back by acme's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_rate_limit_holds_and_spares_other_tenants() {
+    let (db, p) = setup().await;
+    let (app1, app2) = (format!("{p}app1"), format!("{p}app2"));
+    const RATE: f64 = 20.0;
+    const BURST: i64 = 5;
+    const SLACK: f64 = 1.0;
+    db.exec(&format!(
+        "INSERT INTO dbrouter.tenants (name, rate_limit, rate_burst) VALUES ('acme', {RATE}, {BURST});
+         INSERT INTO dbrouter.tenants (name) VALUES ('zeta');
+         INSERT INTO dbrouter.tenant_roles (role, tenant) VALUES ('{app1}', 'acme'), ('{app2}', 'zeta');
+         INSERT INTO dbrouter.tenant_backends (tenant, backend_id)
+              SELECT t, id FROM dbrouter.backends, unnest(ARRAY['acme', 'zeta']) AS t WHERE name = 'sms';"
+    ))
+    .await;
+    let n = 60;
+    let ids = |prefix: &str, n: usize| -> String {
+        (0..n)
+            .map(|i| format!("'{prefix}{i:06}'"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    commit_as(
+        &db.pool,
+        &app1,
+        &format!(
+            "SELECT dbrouter.broadcast('sms', ARRAY[{}], 'acme')",
+            ids("+255710", n)
+        ),
+    )
+    .await;
+    commit_as(
+        &db.pool,
+        &app2,
+        &format!(
+            "SELECT dbrouter.broadcast('sms', ARRAY[{}], 'zeta')",
+            ids("+255720", 300)
+        ),
+    )
+    .await;
+    let stops: Vec<_> = {
+        let mut stops = Vec::new();
+        for _ in 0..2 {
+            let pool = pool_as(&db, &format!("{p}worker")).await;
+            let worker = db.worker_on(&pool).await;
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(worker.run(stop.clone()));
+            stops.push((stop, pool));
+        }
+        stops
+    };
+    common::wait_until(
+        "every transmission sent",
+        std::time::Duration::from_secs(60),
+        || async {
+            db.scalar_i64("SELECT count(*) FROM dbrouter.transmissions WHERE status <> 'S'")
+                .await
+                == 0
+        },
+    )
+    .await;
+    for (stop, _) in &stops {
+        stop.cancel();
+    }
+    let times: Vec<(f64,)> = sqlx::query_as(
+        "SELECT extract(epoch FROM s.sent_at)::float8 FROM dbrouter.database_backend_sends s
+           JOIN dbrouter.messages m ON m.id = s.message_id
+          WHERE m.tenant = 'acme' ORDER BY s.sent_at",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(times.len(), n, "each of acme's sent once");
+    // (the window rule of tests/traffic.rs: without the limiter all 60 go
+    // out in well under a second and break it by 30 or more)
+    let mut worst = 0.0_f64;
+    for i in 0..times.len() {
+        for j in i..times.len() {
+            let allowed = BURST as f64 + RATE * (times[j].0 - times[i].0 + SLACK);
+            worst = worst.max((j - i + 1) as f64 - allowed);
+        }
+    }
+    assert!(
+        worst <= 0.0,
+        "a window held {worst:.1} of acme's sends more than its limit allows"
+    );
+    let zeta_done_with_acme_at = db
+        .scalar_i64(
+            "SELECT count(*) FROM dbrouter.database_backend_sends s JOIN dbrouter.messages m ON m.id = s.message_id
+              WHERE m.tenant = 'acme'
+                AND s.sent_at <= (SELECT max(s2.sent_at) FROM dbrouter.database_backend_sends s2
+                                    JOIN dbrouter.messages m2 ON m2.id = s2.message_id WHERE m2.tenant = 'zeta')",
+        )
+        .await;
+    assert!(
+        zeta_done_with_acme_at < (n / 2) as i64,
+        "zeta's 300 were done while acme had sent {zeta_done_with_acme_at} of {n}"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.attempts")
+            .await,
+        0,
+        "holding back for the limit records no failed attempt"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT max(attempts)::bigint FROM dbrouter.transmissions")
+            .await,
+        1,
+        "a transmission put back does not count the claim's attempt"
+    );
+    db.assert_invariants().await;
+    for (_, pool) in stops {
+        pool.close().await;
+    }
+    teardown(db, &p).await;
+}
