@@ -273,15 +273,31 @@ impl WorkerArgs {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DBROUTER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: not in files, pipes or journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DBROUTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // DBROUTER_LOG_FORMAT=json: one JSON object a line, every field (backend,
+    // transmission, message ids, error) a key of its own, for log shippers.
+    match std::env::var("DBROUTER_LOG_FORMAT").as_deref() {
+        Ok("json") => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        Err(_) | Ok("" | "text") => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            // Colour only on a terminal: not in files, pipes or journald.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        Ok(other) => {
+            eprintln!(
+                "DBROUTER_LOG_FORMAT={other:?} is not a log format; use text (the default) or json"
+            );
+            std::process::exit(2);
+        }
+    }
     let cli = Cli::parse();
     // Long-running commands stop gracefully on SIGTERM/SIGINT; watch from
     // the first instruction after parsing, before any connection is made.

@@ -321,6 +321,62 @@ async fn failed_sends_are_logged_plainly_to_a_pipe() {
     db.drop().await;
 }
 
+/// DBROUTER_LOG_FORMAT=json: every line a JSON object whose fields are
+/// keys of their own (a log shipper reads the backend and the transmission
+/// without parsing text); a format it does not know stops it at once.
+#[tokio::test]
+async fn logs_are_json_lines_when_asked() {
+    let db = TestDb::new().await;
+    db.backend(
+        "sms",
+        "database",
+        serde_json::json!({"fail": {"error": "gateway down"}}),
+        None,
+    )
+    .await;
+    db.broadcast("sms", &["+255700000001".into()], "hi").await;
+    let out = Command::new(env!("CARGO_BIN_EXE_dbrouter"))
+        .args(["worker", "--exit-when-idle", "--max-attempts", "1"])
+        .env("DATABASE_URL", &db.url)
+        .env("DBROUTER_LOG", "warn")
+        .env("DBROUTER_LOG_FORMAT", "json")
+        .output()
+        .expect("run dbrouter");
+    assert!(out.status.success(), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let failed = lines
+        .iter()
+        .find(|l| l["message"] == "send failed")
+        .unwrap_or_else(|| panic!("no send failure logged: {log}"));
+    assert_eq!(failed["level"], "WARN");
+    assert_eq!(failed["backend"], "sms");
+    assert!(failed["transmission"].as_i64().is_some(), "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gateway down")),
+        "{failed}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_dbrouter"))
+        .arg("status")
+        .env("DATABASE_URL", &db.url)
+        .env("DBROUTER_LOG_FORMAT", "xml")
+        .output()
+        .expect("run dbrouter");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("use text (the default) or json"),
+        "{}",
+        text(&out)
+    );
+    db.drop().await;
+}
+
 /// `backend add --help` names every engine.
 #[test]
 fn backend_add_help_names_every_engine() {
