@@ -42,6 +42,7 @@ impl Housekeeping {
         let applied = in_batches(pool, include_str!("../sql/apply_receipts.sql")).await?;
         if applied > 0 {
             tracing::debug!(n = applied, "applied delivery reports");
+            crate::metrics::receipts_applied(applied);
         }
         let mut conn = Conn::acquire(pool).await?;
         let (flushed,): (i32,) = sqlx::query_as(include_str!("../sql/flush_parts.sql"))

@@ -82,7 +82,9 @@ pub async fn run_batch(
     pipeline: &Pipeline,
     send_now: &HashMap<i32, &BackendEntry>,
 ) -> Result<Batch> {
+    let claim_started = Instant::now();
     let (mut tx, rows) = begin_and_claim(conn, i64::from(cfg.batch_size)).await?;
+    crate::metrics::claim("inbound", claim_started.elapsed());
     if rows.is_empty() {
         tx.end("ROLLBACK").await?;
         return Ok(Batch {
@@ -112,6 +114,8 @@ pub async fn run_batch(
     };
     tx.end("COMMIT").await?;
     tracing::debug!(n, "processed inbound batch");
+    let errored = processed.iter().filter(|p| p.result.is_err()).count();
+    crate::metrics::inbound(n - errored, errored);
     let mut by_backend: HashMap<i32, Vec<Claimed>> = HashMap::new();
     for (backend_id, c) in replies {
         by_backend.entry(backend_id).or_default().push(c);

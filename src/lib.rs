@@ -25,6 +25,7 @@ pub mod housekeeping;
 pub mod inbound;
 pub mod invariants;
 pub mod listen;
+pub mod metrics;
 pub mod outbound;
 pub mod registry;
 pub mod schema;

@@ -251,6 +251,9 @@ struct WorkerArgs {
     /// Exit once no work is due instead of waiting for more.
     #[arg(long, env = "DBROUTER_EXIT_WHEN_IDLE")]
     exit_when_idle: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9187).
+    #[arg(long, env = "DBROUTER_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl WorkerArgs {
@@ -332,6 +335,11 @@ async fn main() -> Result<()> {
                 default_reply: args.default_reply.clone(),
             };
             let pipeline = Pipeline::from_names(&args.apps, &pool, &settings)?;
+            if let Some(addr) = args.metrics_addr {
+                dbrouter::metrics::install(addr).map_err(anyhow::Error::msg)?;
+                tokio::spawn(dbrouter::metrics::sample(pool.clone()));
+                tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            }
             let Some(worker) = start_worker(pool, health, cfg, pipeline, &shutdown).await? else {
                 return Ok(());
             };

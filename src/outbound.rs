@@ -171,7 +171,8 @@ pub async fn send(
     };
     if backend.sends_batches() {
         // One call for the whole batch, under one deadline.
-        let deadline = batch_deadline.min(Instant::now() + entry.timeout);
+        let started = Instant::now();
+        let deadline = batch_deadline.min(started + entry.timeout);
         let call = AssertUnwindSafe(backend.send_batch(&requests)).catch_unwind();
         let results = match tokio::time::timeout_at(deadline, call).await {
             Err(_) => vec![Err(timed_out()); requests.len()],
@@ -193,10 +194,12 @@ pub async fn send(
                 r
             }
         };
+        let took = started.elapsed();
         for (req, result) in requests.iter().zip(results) {
             out.extend(outcomes_for(req, result));
         }
         entry.failures.record(&entry.name, &out);
+        crate::metrics::sends(&entry.name, &out, took);
         return out;
     }
     // One call per message, several in flight, each under its own deadline.
@@ -205,8 +208,10 @@ pub async fn send(
         .into_iter()
         .map(|req| {
             let backend = backend.clone();
+            let backend_name = entry.name.as_str();
             async move {
-                let deadline = batch_deadline.min(Instant::now() + timeout);
+                let started = Instant::now();
+                let deadline = batch_deadline.min(started + timeout);
                 let call = AssertUnwindSafe(backend.send(&req)).catch_unwind();
                 let result = match tokio::time::timeout_at(deadline, call).await {
                     Err(_) => Err(Outcome::retryable(format!(
@@ -218,7 +223,9 @@ pub async fn send(
                     }
                     Ok(Ok(r)) => r.map_err(Outcome::from),
                 };
-                outcomes_for(&req, result)
+                let outcomes = outcomes_for(&req, result);
+                crate::metrics::sends(backend_name, &outcomes, started.elapsed());
+                outcomes
             }
         })
         .collect();
@@ -538,6 +545,7 @@ pub async fn run_batch(
             None,
         )
     };
+    crate::metrics::claim("outbound", claimed_at.elapsed());
     if !claimed.is_empty() {
         complete(pool, cfg, pipeline, entry, token, &claimed, claimed_at).await?;
     }

@@ -389,3 +389,68 @@ fn backend_add_help_names_every_engine() {
         assert!(help.contains(engine), "{engine}: {help}");
     }
 }
+
+/// `--metrics-addr`: a worker serves Prometheus metrics: what it did
+/// (messages processed, sends by outcome, send latency as a histogram) and
+/// the queues as the database has them (due transmissions per backend, a
+/// paused backend).
+#[tokio::test]
+async fn a_worker_serves_prometheus_metrics() {
+    let db = TestDb::new().await;
+    db.backend("sms", "database", serde_json::json!({}), None)
+        .await;
+    db.backend("held", "database", serde_json::json!({}), None)
+        .await;
+    db.exec("SELECT dbrouter.pause_backend('held', 'maintenance')")
+        .await;
+    db.broadcast("held", &["+255700000009".into()], "waits")
+        .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let mut worker = common::spawn_worker(
+        &db.url,
+        &[
+            "--apps",
+            "echo",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    db.exec("INSERT INTO dbrouter.inbox (backend, identity, text) VALUES ('sms', '+255700000001', 'echo hi')")
+        .await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let wanted = [
+        "dbrouter_inbound_total{outcome=\"processed\"} 1",
+        "dbrouter_sends_total{backend=\"sms\",outcome=\"sent\"} 1",
+        "dbrouter_send_seconds_bucket{backend=\"sms\",le=\"+Inf\"} 1",
+        "dbrouter_queue_due{backend=\"held\"} 1",
+        "dbrouter_queue_due{backend=\"sms\"} 0",
+        "dbrouter_backend_paused{backend=\"held\"} 1",
+        "dbrouter_backend_paused{backend=\"sms\"} 0",
+        "dbrouter_inbound_queued 0",
+    ];
+    let scraped = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    common::wait_until("the metrics", std::time::Duration::from_secs(30), || {
+        let (url, scraped) = (url.clone(), scraped.clone());
+        async move {
+            let Ok(r) = reqwest::get(&url).await else {
+                return false;
+            };
+            let text = r.text().await.unwrap_or_default();
+            let all = wanted.iter().all(|w| text.lines().any(|l| l == *w));
+            *scraped.lock().unwrap() = text;
+            all
+        }
+    })
+    .await;
+    let scrape = scraped.lock().unwrap().clone();
+    assert!(
+        scrape.contains("# TYPE dbrouter_send_seconds histogram"),
+        "{scrape}"
+    );
+    let _ = worker.kill();
+    let _ = worker.wait();
+    db.drop().await;
+}
