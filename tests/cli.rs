@@ -405,10 +405,7 @@ async fn a_worker_serves_prometheus_metrics() {
         .await;
     db.broadcast("held", &["+255700000009".into()], "waits")
         .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let port = common::free_port();
     let mut worker = common::spawn_worker(
         &db.url,
         &[

@@ -821,10 +821,7 @@ async fn a_receiver_killed_mid_load_loses_nothing_and_retries_duplicate_nothing(
         None,
     )
     .await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

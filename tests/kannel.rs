@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{spawn_serve, spawn_worker, wait_until, Proc, TestDb};
+use common::{free_port, spawn_serve, spawn_worker, wait_until, Proc, TestDb};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -20,14 +20,6 @@ use tokio::net::TcpStream;
 
 const LONG: Duration = Duration::from_secs(90);
 const SECRET: &str = "s3cret";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A Kannel binary: on PATH or in /usr/sbin (Debian's place, often not on
 /// a user's PATH).

@@ -268,11 +268,7 @@ async fn slow_clients_cannot_take_serve_down() {
     use std::os::unix::process::CommandExt;
     let db = TestDb::new().await;
     dbrouter::listen::raise_open_files();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_dbrouter"));
     serve
         .args([

@@ -599,10 +599,7 @@ async fn smpps_binds_over_tls_trusting_the_configured_ca() {
             .expect("openssl");
         assert!(made.status.success(), "openssl {args}: {}", String::from_utf8_lossy(&made.stderr));
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let port = common::free_port();
     let conf = dir.join("stunnel.conf");
     std::fs::write(
         &conf,

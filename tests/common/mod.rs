@@ -24,6 +24,20 @@ pub struct TestDb {
     pub name: String,
 }
 
+/// A loopback port free now, for a process (or a server started later) to
+/// listen on, from below the kernel's ephemeral range (32768 and up on
+/// Linux): a port `bind(0)` handed out could be handed again to any test's
+/// outgoing connection before the server binds it (it happened to
+/// bearerbox: "Address already in use").
+pub fn free_port() -> u16 {
+    loop {
+        let port = rand::random::<u16>() % 12_000 + 20_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn base_url() -> String {
     std::env::var("DATABASE_URL").expect(
         "DATABASE_URL is not set: run the tests with bin/test, which starts a throwaway PostgreSQL",

@@ -7,7 +7,7 @@
 //! bound ESME on demand.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -117,11 +117,7 @@ pub struct Smsc {
 
 impl Smsc {
     pub async fn start() -> Smsc {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        Smsc::start_on(port).await
+        Smsc::start_on(crate::common::free_port()).await
     }
 
     /// On a given port (a restarted SMSC comes back where it was). The
@@ -134,11 +130,7 @@ impl Smsc {
     /// One that closes a session after `inactivity_ms` without a PDU from
     /// the ESME (as SMSCs do to idle binds).
     pub async fn start_closing_idle(inactivity_ms: u64) -> Smsc {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        Smsc::start_with(port, inactivity_ms).await
+        Smsc::start_with(crate::common::free_port(), inactivity_ms).await
     }
 
     async fn start_with(port: u16, inactivity_ms: u64) -> Smsc {
