@@ -59,6 +59,9 @@ enum Command {
         /// On SIGTERM, how long requests in flight may take to finish.
         #[arg(long, env = "DBROUTER_SERVE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
         shutdown_timeout: Duration,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long, env = "DBROUTER_SERVE_METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Enqueue an inbound message, as if a gateway had received it.
     Receive {
@@ -359,9 +362,14 @@ async fn main() -> Result<()> {
             header_timeout,
             request_timeout,
             shutdown_timeout,
+            metrics_addr,
         } => {
             let pool = db::connect_lazy_receiver(&cli.database_url, *connections)
                 .context("DATABASE_URL is not a valid URL")?;
+            if let Some(addr) = metrics_addr {
+                dbrouter::metrics::install(*addr).map_err(anyhow::Error::msg)?;
+                tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}; is it in use?"))?;

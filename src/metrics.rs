@@ -19,6 +19,8 @@
 //! | `dbrouter_receipts_waiting` | gauge | delivery reports not yet applied |
 //! | `dbrouter_inbound_queued` | gauge | messages from phones waiting for the apps |
 //! | `dbrouter_pool_connections` | gauge | state (idle, busy) |
+//! | `dbrouter_serve_requests_total` | counter | `dbrouter serve`: route (its template, e.g. `/kannel/{backend}/receive`), status |
+//! | `dbrouter_serve_commit_rows` | histogram | `dbrouter serve`: rows per group commit |
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,6 +42,11 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full("dbrouter_serve_commit_rows".into()),
+            &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0],
+        )
         .map_err(|e| e.to_string())?
         .install()
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
@@ -72,6 +79,17 @@ pub fn inbound(processed: usize, errored: usize) {
 /// How long a claim took.
 pub fn claim(direction: &'static str, took: Duration) {
     histogram!("dbrouter_claim_seconds", "direction" => direction).record(took);
+}
+
+/// A request `dbrouter serve` answered.
+pub fn served(route: &str, status: u16) {
+    counter!("dbrouter_serve_requests_total", "route" => route.to_string(), "status" => status.to_string())
+        .increment(1);
+}
+
+/// Rows written by one of serve's group commits.
+pub fn group_commit(rows: usize) {
+    histogram!("dbrouter_serve_commit_rows").record(rows as f64);
 }
 
 /// Delivery reports applied by housekeeping.

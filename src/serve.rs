@@ -139,7 +139,23 @@ pub fn router(pool: PgPool) -> Router {
         .merge(gateways::vumi::routes())
         .merge(gateways::http::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// Count every answered request by its route and status
+/// (`dbrouter_serve_requests_total`, src/metrics.rs).
+async fn count_request(
+    route: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    crate::metrics::served(
+        route.as_ref().map_or("unmatched", |r| r.as_str()),
+        response.status().as_u16(),
+    );
+    response
 }
 
 /// Serve on `listener` until `shutdown` resolves, with the default limits.
@@ -353,6 +369,7 @@ where
             continue;
         }
         let rows: Vec<T> = group.iter().map(|(r, _)| r.clone()).collect();
+        crate::metrics::group_commit(rows.len());
         match write(pool.clone(), rows).await {
             Ok(()) => {
                 for (_, w) in group {

@@ -451,3 +451,64 @@ async fn a_worker_serves_prometheus_metrics() {
     let _ = worker.wait();
     db.drop().await;
 }
+
+/// `dbrouter serve --metrics-addr`: requests counted by route and status,
+/// rows per group commit.
+#[tokio::test]
+async fn serve_serves_prometheus_metrics() {
+    let db = TestDb::new().await;
+    db.receiving_backend("k", "kannel").await;
+    let (port, metrics) = (common::free_port(), common::free_port());
+    let mut serve = common::Proc(
+        Command::new(env!("CARGO_BIN_EXE_dbrouter"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .env("DATABASE_URL", &db.url)
+            .env("DBROUTER_LOG", "error")
+            .spawn()
+            .expect("spawn dbrouter serve"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    common::wait_until("serve answers", std::time::Duration::from_secs(20), || {
+        let url = format!("{base}/healthz");
+        async move { reqwest::get(&url).await.is_ok() }
+    })
+    .await;
+    let ok = reqwest::get(format!(
+        "{base}/kannel/k/receive?secret=s3&sender=%2B255700000001&text=hi"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    let refused = reqwest::get(format!(
+        "{base}/kannel/k/receive?secret=nope&sender=%2B1&text=hi"
+    ))
+    .await
+    .unwrap();
+    let refused = refused.status().as_u16();
+    assert!(refused == 401 || refused == 403, "{refused}");
+    let wanted = [
+        "dbrouter_serve_requests_total{route=\"/kannel/{backend}/receive\",status=\"200\"} 1".to_string(),
+        format!("dbrouter_serve_requests_total{{route=\"/kannel/{{backend}}/receive\",status=\"{refused}\"}} 1"),
+        "dbrouter_serve_commit_rows_count 1".to_string(),
+    ];
+    let url = format!("http://127.0.0.1:{metrics}/metrics");
+    common::wait_until(
+        "serve's metrics",
+        std::time::Duration::from_secs(20),
+        || {
+            let (url, wanted) = (url.clone(), wanted.clone());
+            async move {
+                let Ok(r) = reqwest::get(&url).await else {
+                    return false;
+                };
+                let text = r.text().await.unwrap_or_default();
+                wanted.iter().all(|w| text.lines().any(|l| l == w))
+            }
+        },
+    )
+    .await;
+    let _ = serve.kill();
+    let _ = serve.wait();
+    db.drop().await;
+}
