@@ -56,7 +56,7 @@ SELECT f.message_id,
 
 -- Every SMPP bind of every worker (also in `dbrouter status`). A worker
 -- reports its binds every 30 s: one silent for 90 s has died or lost the
--- database, and its binds show as down and stale (housekeeping deletes them
+-- database, and its binds show as down and stale (the live workers' reports delete them
 -- after an hour).
 CREATE OR REPLACE VIEW dbrouter.bind_states AS
 SELECT be.name AS backend,

@@ -2,8 +2,7 @@
 //! message never waits behind it): end transmissions whose deadline passed
 //! or whose message was cancelled (E "expired"/"cancelled"; the claim never
 //! takes them), apply the delivery reports `dbrouter serve` recorded, and
-//! deliver long messages from phones whose parts waited too long, forget
-//! the SMPP bind states of workers that died.
+//! deliver long messages from phones whose parts waited too long.
 
 use std::time::Duration;
 
@@ -49,10 +48,6 @@ impl Housekeeping {
             .persistent(crate::db::prepared())
             .bind(reassembly_timeout.as_secs_f64())
             .fetch_one(conn.get())
-            .await?;
-        sqlx::query(include_str!("../sql/forget_stale_binds.sql"))
-            .persistent(crate::db::prepared())
-            .execute(conn.get())
             .await?;
         conn.done().await?;
         if flushed > 0 {

@@ -25,39 +25,30 @@ pub fn resolve(config: &Value) -> Result<Value, String> {
 }
 
 fn resolve_at(v: &Value, path: &str) -> Result<Value, String> {
-    match v {
-        Value::Object(o) if o.len() == 1 => {
-            let (k, inner) = o
-                .iter()
-                .next()
-                .map(|(k, v)| (k.as_str(), v))
-                .unwrap_or(("", v));
-            match (k, inner) {
-                ("env", Value::String(name)) => std::env::var(name).map(Value::String).map_err(|_| {
-                    format!("{path}: the environment variable {name} (named by {{\"env\": \"{name}\"}}) is not set in this process; set it where the worker and serve run")
-                }),
-                ("file", Value::String(file)) => std::fs::read_to_string(file)
-                    .map(|s| Value::String(s.strip_suffix('\n').unwrap_or(&s).to_string()))
-                    .map_err(|e| format!("{path}: cannot read the file {file} (named by {{\"file\": ...}}): {e}")),
-                _ => Ok(Value::Object(
-                    o.iter()
-                        .map(|(k, v)| Ok((k.clone(), resolve_at(v, &format!("{path}.{k}"))?)))
-                        .collect::<Result<_, String>>()?,
-                )),
-            }
-        }
-        Value::Object(o) => Ok(Value::Object(
+    // (an object whose only key is env or file, with a string: a reference)
+    let reference = match v {
+        Value::Object(o) if o.len() == 1 => o.iter().next(),
+        _ => None,
+    };
+    match (reference.map(|(k, r)| (k.as_str(), r)), v) {
+        (Some(("env", Value::String(name))), _) => std::env::var(name).map(Value::String).map_err(|_| {
+            format!("{path}: the environment variable {name} (named by {{\"env\": \"{name}\"}}) is not set in this process; set it where the worker and serve run")
+        }),
+        (Some(("file", Value::String(file))), _) => std::fs::read_to_string(file)
+            .map(|s| Value::String(s.strip_suffix('\n').unwrap_or(&s).to_string()))
+            .map_err(|e| format!("{path}: cannot read the file {file} (named by {{\"file\": ...}}): {e}")),
+        (_, Value::Object(o)) => Ok(Value::Object(
             o.iter()
                 .map(|(k, v)| Ok((k.clone(), resolve_at(v, &format!("{path}.{k}"))?)))
                 .collect::<Result<_, String>>()?,
         )),
-        Value::Array(a) => Ok(Value::Array(
+        (_, Value::Array(a)) => Ok(Value::Array(
             a.iter()
                 .enumerate()
                 .map(|(i, v)| resolve_at(v, &format!("{path}[{i}]")))
                 .collect::<Result<_, String>>()?,
         )),
-        other => Ok(other.clone()),
+        (_, other) => Ok(other.clone()),
     }
 }
 
