@@ -4,7 +4,7 @@
 --
 -- `tenant_limited`: the backend is granted to a tenant with a rate limit,
 -- so its claims take that tenant's tokens too (outbound.rs claim_limited).
-SELECT id, name, engine, config, batch_size, enabled, updated_at,
+SELECT id, name, engine, config, batch_size, enabled,
        pause_reason, rate_limit IS NOT NULL AS rate_limited, throttled_until,
        EXISTS (SELECT 1 FROM dbrouter.tenant_backends tb
                  JOIN dbrouter.tenants tn ON tn.name = tb.tenant

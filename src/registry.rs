@@ -37,7 +37,6 @@ pub struct BackendEntry {
     /// Failed sends, logged a few at a time.
     pub failures: Arc<crate::failure_log::FailureLog>,
     config: serde_json::Value,
-    updated_at: DateTime<Utc>,
 }
 
 impl BackendEntry {
@@ -84,7 +83,6 @@ struct Row {
     config: serde_json::Value,
     batch_size: Option<i32>,
     enabled: bool,
-    updated_at: DateTime<Utc>,
     pause_reason: Option<String>,
     rate_limited: bool,
     throttled_until: Option<DateTime<Utc>>,
@@ -117,13 +115,9 @@ async fn load_and(
     let mut entries = Vec::with_capacity(rows.len());
     for row in rows {
         match old.get(&row.id) {
-            Some(e) if e.updated_at == row.updated_at => {
-                let mut e = (*e).clone();
-                e.tenant_limited = row.tenant_limited;
-                entries.push(e);
-            }
-            // Only the row's state changed (pause, throttle, limits): keep
-            // the built engine (and its connections).
+            // Same engine and config (the row unchanged, or only its state:
+            // pause, throttle, limits, a tenant's limit): keep the built
+            // engine (and its connections), take the state from the row.
             Some(e) if e.engine == row.engine && e.config == row.config => {
                 let mut e = (*e).clone();
                 e.batch_size = batch_size(row.batch_size, cfg);
@@ -132,7 +126,6 @@ async fn load_and(
                 e.rate_limited = row.rate_limited;
                 e.throttled_until = row.throttled_until;
                 e.tenant_limited = row.tenant_limited;
-                e.updated_at = row.updated_at;
                 entries.push(e);
             }
             _ => {
@@ -182,7 +175,6 @@ fn build_entry(row: Row, pool: &PgPool, cfg: &WorkerConfig) -> BackendEntry {
         max_parts,
         engine_impl,
         failures: Default::default(),
-        updated_at: row.updated_at,
     }
 }
 
