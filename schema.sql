@@ -279,6 +279,59 @@ $$;
 
 
 --
+-- Name: broadcast_preview(text, text[], text); Type: FUNCTION; Schema: dbrouter; Owner: -
+--
+
+CREATE FUNCTION dbrouter.broadcast_preview(p_backend text, p_identities text[], p_text text, OUT given integer, OUT recipients integer, OUT duplicates integer, OUT opted_out integer, OUT problems text[], OUT encoding text, OUT segments integer, OUT max_parts integer, OUT rate_limit double precision, OUT eta_seconds double precision) RETURNS record
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    b dbrouter.backends%ROWTYPE;
+    problem text;
+BEGIN
+    SELECT * INTO b FROM dbrouter.backends WHERE name = p_backend;
+    problem := coalesce(dbrouter.tenant_problem(dbrouter.caller_tenant(), p_backend, b.id),
+                        dbrouter.enqueue_core_problem(p_backend, b.id IS NOT NULL, 'preview', p_text));
+    given := coalesce(cardinality(p_identities), 0);
+    encoding := dbrouter.encoding(coalesce(p_text, ''));
+    segments := dbrouter.segments(coalesce(p_text, ''));
+    IF problem IS NOT NULL THEN
+        -- Nothing of the backend is told to a caller it is not granted to.
+        problems := ARRAY[problem];
+        recipients := 0; duplicates := 0; opted_out := 0;
+        RETURN;
+    END IF;
+    max_parts := CASE WHEN jsonb_typeof(b.config -> 'max_parts') = 'number'
+                      THEN (b.config ->> 'max_parts')::numeric::integer END;
+    rate_limit := b.rate_limit;
+    WITH checked AS (
+        SELECT i, dbrouter.enqueue_problem(p_backend, true, i, p_text, b.number_format, b.country_code) AS why
+          FROM unnest(p_identities) AS i
+    ), ok AS (
+        SELECT DISTINCT dbrouter.normalize_identity(i, b.number_format, b.country_code) AS identity
+          FROM checked WHERE why IS NULL
+    )
+    SELECT (SELECT count(*) FROM ok),
+           (SELECT count(*) FROM checked WHERE why IS NULL) - (SELECT count(*) FROM ok),
+           (SELECT count(*) FROM ok
+              JOIN dbrouter.connections c ON c.backend_id = b.id AND c.identity = ok.identity
+              JOIN dbrouter.opt_outs o ON o.connection_id = c.id),
+           ARRAY(SELECT why FROM checked WHERE why IS NOT NULL LIMIT 5)
+      INTO recipients, duplicates, opted_out, problems;
+    IF given = 0 THEN
+        problems := problems || 'the identity list is empty'::text;
+    END IF;
+    IF segments > max_parts THEN
+        problems := problems || format('the text takes %s parts (%s); backend %L allows at most %s (config.max_parts): every transmission would end E',
+                                       segments, encoding, p_backend, max_parts);
+    END IF;
+    eta_seconds := (recipients - opted_out) / b.rate_limit;
+END
+$$;
+
+
+--
 -- Name: bucket(double precision, double precision, double precision, timestamp with time zone, integer); Type: FUNCTION; Schema: dbrouter; Owner: -
 --
 
@@ -770,6 +823,7 @@ BEGIN
     EXECUTE format('GRANT INSERT ON dbrouter.inbox, dbrouter.outbox TO %I', enqueue);
     EXECUTE format('GRANT SELECT ON dbrouter.my_messages, dbrouter.messages TO %I', enqueue);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dbrouter.broadcast(text, text[], text, timestamptz, timestamptz, integer, text),
+                                    dbrouter.broadcast_preview(text, text[], text),
                                     dbrouter.cancel_my_message(bigint), dbrouter.requeue_my_message(bigint),
                                     dbrouter.caller(), dbrouter.caller_tenant(), dbrouter.is_mine(text, text, text, text),
                                     dbrouter.segments(text), dbrouter.encoding(text),
@@ -787,7 +841,8 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA dbrouter TO %I', admin);
     EXECUTE format('GRANT INSERT, UPDATE, DELETE ON dbrouter.backends, dbrouter.opt_outs,
                           dbrouter.opt_out_keywords, dbrouter.keywords,
-                          dbrouter.tenants, dbrouter.tenant_roles, dbrouter.tenant_backends TO %I', admin);
+                          dbrouter.tenants, dbrouter.tenant_roles, dbrouter.tenant_backends,
+                          dbrouter.console_users, dbrouter.console_sessions TO %I', admin);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA dbrouter TO %I', admin);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dbrouter.pause_backend(text, text), dbrouter.resume_backend(text),
                                     dbrouter.cancel_message(bigint), dbrouter.requeue_message(bigint),
@@ -797,7 +852,8 @@ BEGIN
                                     dbrouter.purge_batch(interval, bigint, integer),
                                     dbrouter.segments(text), dbrouter.encoding(text),
                                     dbrouter.long_text_segments(text), dbrouter.caller(),
-                                    dbrouter.caller_tenant(), dbrouter.is_mine(text, text, text, text)
+                                    dbrouter.caller_tenant(), dbrouter.is_mine(text, text, text, text),
+                                    dbrouter.broadcast_preview(text, text[], text)
                     TO %I', admin);
     EXECUTE format('GRANT EXECUTE ON PROCEDURE dbrouter.purge(interval, integer) TO %I', admin);
 
@@ -1937,6 +1993,34 @@ ALTER TABLE dbrouter.connections ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTIT
 
 
 --
+-- Name: console_sessions; Type: TABLE; Schema: dbrouter; Owner: -
+--
+
+CREATE TABLE dbrouter.console_sessions (
+    token_sha256 bytea NOT NULL,
+    user_name text NOT NULL,
+    csrf text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+
+
+--
+-- Name: console_users; Type: TABLE; Schema: dbrouter; Owner: -
+--
+
+CREATE TABLE dbrouter.console_users (
+    name text NOT NULL,
+    password_hash text NOT NULL,
+    read_only boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT console_password_is_argon2 CHECK ((password_hash ~~ '$argon2%'::text)),
+    CONSTRAINT console_user_name CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$'::text))
+);
+
+
+--
 -- Name: database_backend_calls; Type: SEQUENCE; Schema: dbrouter; Owner: -
 --
 
@@ -2515,6 +2599,22 @@ ALTER TABLE ONLY dbrouter.connections
 
 
 --
+-- Name: console_sessions console_sessions_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.console_sessions
+    ADD CONSTRAINT console_sessions_pkey PRIMARY KEY (token_sha256);
+
+
+--
+-- Name: console_users console_users_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.console_users
+    ADD CONSTRAINT console_users_pkey PRIMARY KEY (name);
+
+
+--
 -- Name: database_backend_sends database_backend_sends_pkey; Type: CONSTRAINT; Schema: dbrouter; Owner: -
 --
 
@@ -2655,6 +2755,13 @@ ALTER TABLE ONLY dbrouter.transmissions
 --
 
 CREATE INDEX attempts_transmission ON dbrouter.attempts USING btree (transmission_id);
+
+
+--
+-- Name: console_sessions_expiry; Type: INDEX; Schema: dbrouter; Owner: -
+--
+
+CREATE INDEX console_sessions_expiry ON dbrouter.console_sessions USING btree (expires_at);
 
 
 --
@@ -2861,6 +2968,14 @@ ALTER TABLE ONLY dbrouter.backend_rates
 
 ALTER TABLE ONLY dbrouter.binds
     ADD CONSTRAINT binds_backend_id_fkey FOREIGN KEY (backend_id) REFERENCES dbrouter.backends(id) ON DELETE CASCADE;
+
+
+--
+-- Name: console_sessions console_sessions_user_name_fkey; Type: FK CONSTRAINT; Schema: dbrouter; Owner: -
+--
+
+ALTER TABLE ONLY dbrouter.console_sessions
+    ADD CONSTRAINT console_sessions_user_name_fkey FOREIGN KEY (user_name) REFERENCES dbrouter.console_users(name) ON DELETE CASCADE;
 
 
 --

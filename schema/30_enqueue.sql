@@ -267,6 +267,69 @@ BEGIN
 END
 $function$;
 
+-- What dbrouter.broadcast() would do with these arguments, without doing
+-- it: how many identities were given, the recipients they make (normalised
+-- as the backend's number_format says, duplicates removed), how many of
+-- those are opted out (their transmissions would end E "opted out"), the
+-- first problems that would make broadcast() refuse the call, the text's
+-- encoding and parts, and how long the backend's rate limit makes the sends
+-- take. The console's broadcast preview; useful from psql too:
+--   SELECT * FROM dbrouter.broadcast_preview('sms', ARRAY['+255700000001'], 'Hello');
+-- Reads only; the caller's tenant sees only its backends (as broadcast()).
+CREATE OR REPLACE FUNCTION dbrouter.broadcast_preview(p_backend text, p_identities text[], p_text text,
+    OUT given integer, OUT recipients integer, OUT duplicates integer, OUT opted_out integer,
+    OUT problems text[], OUT encoding text, OUT segments integer, OUT max_parts integer,
+    OUT rate_limit double precision, OUT eta_seconds double precision)
+ RETURNS record
+ LANGUAGE plpgsql
+ STABLE
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    b dbrouter.backends%ROWTYPE;
+    problem text;
+BEGIN
+    SELECT * INTO b FROM dbrouter.backends WHERE name = p_backend;
+    problem := coalesce(dbrouter.tenant_problem(dbrouter.caller_tenant(), p_backend, b.id),
+                        dbrouter.enqueue_core_problem(p_backend, b.id IS NOT NULL, 'preview', p_text));
+    given := coalesce(cardinality(p_identities), 0);
+    encoding := dbrouter.encoding(coalesce(p_text, ''));
+    segments := dbrouter.segments(coalesce(p_text, ''));
+    IF problem IS NOT NULL THEN
+        -- Nothing of the backend is told to a caller it is not granted to.
+        problems := ARRAY[problem];
+        recipients := 0; duplicates := 0; opted_out := 0;
+        RETURN;
+    END IF;
+    max_parts := CASE WHEN jsonb_typeof(b.config -> 'max_parts') = 'number'
+                      THEN (b.config ->> 'max_parts')::numeric::integer END;
+    rate_limit := b.rate_limit;
+    WITH checked AS (
+        SELECT i, dbrouter.enqueue_problem(p_backend, true, i, p_text, b.number_format, b.country_code) AS why
+          FROM unnest(p_identities) AS i
+    ), ok AS (
+        SELECT DISTINCT dbrouter.normalize_identity(i, b.number_format, b.country_code) AS identity
+          FROM checked WHERE why IS NULL
+    )
+    SELECT (SELECT count(*) FROM ok),
+           (SELECT count(*) FROM checked WHERE why IS NULL) - (SELECT count(*) FROM ok),
+           (SELECT count(*) FROM ok
+              JOIN dbrouter.connections c ON c.backend_id = b.id AND c.identity = ok.identity
+              JOIN dbrouter.opt_outs o ON o.connection_id = c.id),
+           ARRAY(SELECT why FROM checked WHERE why IS NOT NULL LIMIT 5)
+      INTO recipients, duplicates, opted_out, problems;
+    IF given = 0 THEN
+        problems := problems || 'the identity list is empty'::text;
+    END IF;
+    IF segments > max_parts THEN
+        problems := problems || format('the text takes %s parts (%s); backend %L allows at most %s (config.max_parts): every transmission would end E',
+                                       segments, encoding, p_backend, max_parts);
+    END IF;
+    eta_seconds := (recipients - opted_out) / b.rate_limit;
+END
+$function$;
+
 -- What a worker runs: expand up to p_parts parts that no one else is
 -- expanding (SKIP LOCKED: a part being expanded is locked until that
 -- transaction ends), oldest message first. Returns the transmissions

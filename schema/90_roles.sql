@@ -158,6 +158,7 @@ BEGIN
     EXECUTE format('GRANT INSERT ON dbrouter.inbox, dbrouter.outbox TO %I', enqueue);
     EXECUTE format('GRANT SELECT ON dbrouter.my_messages, dbrouter.messages TO %I', enqueue);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dbrouter.broadcast(text, text[], text, timestamptz, timestamptz, integer, text),
+                                    dbrouter.broadcast_preview(text, text[], text),
                                     dbrouter.cancel_my_message(bigint), dbrouter.requeue_my_message(bigint),
                                     dbrouter.caller(), dbrouter.caller_tenant(), dbrouter.is_mine(text, text, text, text),
                                     dbrouter.segments(text), dbrouter.encoding(text),
@@ -175,7 +176,8 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA dbrouter TO %I', admin);
     EXECUTE format('GRANT INSERT, UPDATE, DELETE ON dbrouter.backends, dbrouter.opt_outs,
                           dbrouter.opt_out_keywords, dbrouter.keywords,
-                          dbrouter.tenants, dbrouter.tenant_roles, dbrouter.tenant_backends TO %I', admin);
+                          dbrouter.tenants, dbrouter.tenant_roles, dbrouter.tenant_backends,
+                          dbrouter.console_users, dbrouter.console_sessions TO %I', admin);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA dbrouter TO %I', admin);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dbrouter.pause_backend(text, text), dbrouter.resume_backend(text),
                                     dbrouter.cancel_message(bigint), dbrouter.requeue_message(bigint),
@@ -185,7 +187,8 @@ BEGIN
                                     dbrouter.purge_batch(interval, bigint, integer),
                                     dbrouter.segments(text), dbrouter.encoding(text),
                                     dbrouter.long_text_segments(text), dbrouter.caller(),
-                                    dbrouter.caller_tenant(), dbrouter.is_mine(text, text, text, text)
+                                    dbrouter.caller_tenant(), dbrouter.is_mine(text, text, text, text),
+                                    dbrouter.broadcast_preview(text, text[], text)
                     TO %I', admin);
     EXECUTE format('GRANT EXECUTE ON PROCEDURE dbrouter.purge(interval, integer) TO %I', admin);
 

@@ -218,6 +218,7 @@ mod tests {
             (15, "2b2367ac58d01ea844e8120eda6af0563fe23b8e1c24f4f6a0d7ea008eb9a77f9978a93a8d262d45cadf23d1748e2fa4"),
             (16, "471bdbbe5628ea660116a6a7436c377d75145eeac4c9d7de95b9bb921bc432d76041a775cc6cd4cde049b2e50ccd8873"),
             (17, "37bd2eb99b9fbf8688e77f9697a32c34391d0ef65bd572ecffc8c6c91a2c8cee6ef3e74b3c97bf709b8db95b164b7594"),
+            (18, "393f971f4951eb3bf72856954080baad2bebfaf882faf3ea2bd5c735be8e596639224340adef77cb1f3e322888d56fd3"),
         ];
         for (version, checksum) in landed {
             let m = MIGRATOR

@@ -8,13 +8,15 @@
 //!   inbound messages, run the [`apps`], write replies, mark R/E) and
 //!   [`outbound`] (claim due transmissions per backend, send them through a
 //!   [`gateways`] engine, record S/E);
-//! - [`admin`] holds what the CLI and operators use besides the worker.
+//! - [`admin`] holds what the CLI and operators use besides the worker;
+//!   [`console`] is the web console.
 
 pub mod admin;
 pub mod apps;
 pub mod charset;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod failure_log;

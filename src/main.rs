@@ -63,6 +63,8 @@ enum Command {
         #[arg(long, env = "DBROUTER_SERVE_METRICS_ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
     },
+    /// Serve the web console; `--set-password` makes or changes a user.
+    Console(ConsoleArgs),
     /// Enqueue an inbound message, as if a gateway had received it.
     Receive {
         #[arg(long, env = "DBROUTER_BACKEND")]
@@ -116,6 +118,37 @@ enum Command {
     /// Manage backends.
     #[command(subcommand)]
     Backend(BackendCommand),
+}
+
+#[derive(Args)]
+struct ConsoleArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "DBROUTER_CONSOLE_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    listen: String,
+    /// Make the user (or change their password) and exit. The password is
+    /// read from DBROUTER_CONSOLE_PASSWORD, else asked for (or read from stdin).
+    #[arg(long)]
+    set_password: bool,
+    /// The user --set-password makes.
+    #[arg(long, env = "DBROUTER_CONSOLE_USER", default_value = "admin")]
+    user: String,
+    /// Nobody changes anything through this console; with --set-password,
+    /// the user may look but not change anything.
+    #[arg(long, env = "DBROUTER_CONSOLE_READ_ONLY")]
+    read_only: bool,
+    /// Mark the session cookie Secure (the console is behind HTTPS).
+    #[arg(long, env = "DBROUTER_CONSOLE_SECURE_COOKIES")]
+    secure_cookies: bool,
+    /// How long a login lasts.
+    #[arg(long, env = "DBROUTER_CONSOLE_SESSION_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
+    session_ttl: Duration,
+    /// Database connections for the console.
+    #[arg(long, env = "DBROUTER_CONSOLE_CONNECTIONS", default_value_t = 4)]
+    connections: u32,
 }
 
 #[derive(Subcommand)]
@@ -309,6 +342,7 @@ async fn main() -> Result<()> {
     // the first instruction after parsing, before any connection is made.
     let shutdown = match cli.command {
         Command::Worker(_) | Command::Serve { .. } => stop_on_signal()?,
+        Command::Console(ref c) if !c.set_password => stop_on_signal()?,
         _ => CancellationToken::new(),
     };
     let connect = |n: u32| {
@@ -386,6 +420,51 @@ async fn main() -> Result<()> {
                 .await
                 .context("the HTTP receiver failed")?;
             tracing::info!("receiver stopped");
+        }
+        Command::Console(args) if args.set_password => {
+            let password = match std::env::var("DBROUTER_CONSOLE_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    rpassword::prompt_password(format!("password for console user {}: ", args.user))
+                        .context(
+                            "cannot read the password; set DBROUTER_CONSOLE_PASSWORD or type it",
+                        )?
+                }
+            };
+            let pool = connect(1).await?;
+            let new = dbrouter::console::set_password(&pool, &args.user, &password, args.read_only)
+                .await?;
+            println!(
+                "{} console user {}{}",
+                if new {
+                    "made"
+                } else {
+                    "changed the password of"
+                },
+                args.user,
+                if args.read_only { " (read-only)" } else { "" }
+            );
+        }
+        Command::Console(args) => {
+            let pool = db::connect_lazy_receiver(&cli.database_url, args.connections)
+                .context("DATABASE_URL is not a valid URL")?;
+            let options = dbrouter::console::Options {
+                read_only: args.read_only,
+                secure_cookies: args.secure_cookies,
+                session_ttl: args.session_ttl,
+            };
+            let app = dbrouter::console::router(pool, options).await.context(
+                "cannot start the console (has `dbrouter migrate` run? is the database up?)",
+            )?;
+            let listener = tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}; is it in use?", args.listen))?;
+            tracing::info!(address = %args.listen, "console at http://{}/", args.listen);
+            let stop = async move { shutdown.cancelled().await };
+            dbrouter::listen::run(app, listener, stop, dbrouter::listen::Limits::default())
+                .await
+                .context("the console failed")?;
+            tracing::info!("console stopped");
         }
         Command::Receive {
             backend,

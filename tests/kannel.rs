@@ -565,16 +565,19 @@ ok"]
     s.finish().await;
 }
 
-/// The README shows the config the tests run.
+/// The README and docs/GATEWAYS.md show the configs the tests run.
 #[test]
-fn the_readme_shows_the_tested_config() {
+fn the_docs_show_the_tested_config() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    for f in ["kannel.conf", "post-url.conf"] {
+    for (doc, f) in [
+        ("README.md", "kannel.conf"),
+        ("docs/GATEWAYS.md", "post-url.conf"),
+    ] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
         let conf = std::fs::read_to_string(root.join("docs/kannel").join(f)).unwrap();
         assert!(
-            readme.contains(conf.trim_end()),
-            "README.md's Kannel section must show docs/kannel/{f} as it is"
+            text.contains(conf.trim_end()),
+            "{doc} must show docs/kannel/{f} as it is"
         );
     }
 }
