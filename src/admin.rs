@@ -105,12 +105,14 @@ pub async fn cancel(pool: &PgPool, message_id: i64) -> Result<i32> {
 
 /// Purge final messages older than `older_than`, one small transaction per
 /// batch, pausing `pause` between batches so workers are never starved.
-/// Returns how many messages were purged.
+/// `on_batch` hears, after each batch, the messages purged so far and the
+/// last id walked. Returns how many messages were purged.
 pub async fn purge(
     pool: &PgPool,
     older_than: std::time::Duration,
     batch_size: i32,
     pause: std::time::Duration,
+    mut on_batch: impl FnMut(i64, i64),
 ) -> Result<i64> {
     let mut after = 0_i64;
     let mut total = 0_i64;
@@ -129,10 +131,92 @@ pub async fn purge(
             return Ok(total);
         };
         after = last;
+        on_batch(total, last);
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// The ids a purge of messages older than `older_than` walks: from the
+/// first message to about the first one created after the cut (ids grow
+/// with time), found by bisection on the primary key (some 30 lookups, no
+/// scan). `None` when there are no messages.
+pub async fn purge_span(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+) -> Result<Option<(i64, i64)>> {
+    let (first, last): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT min(id), max(id) FROM dbrouter.messages")
+            .fetch_one(pool)
+            .await?;
+    let (Some(first), Some(mut high)) = (first, last) else {
+        return Ok(None);
+    };
+    let mut low = first;
+    while low < high {
+        let mid = low + (high - low) / 2;
+        let old: Option<bool> = sqlx::query_scalar(
+            "SELECT created_at < now() - make_interval(secs => $2)
+               FROM dbrouter.messages WHERE id >= $1 ORDER BY id LIMIT 1",
+        )
+        .bind(mid)
+        .bind(older_than.as_secs_f64())
+        .fetch_optional(pool)
+        .await?;
+        if old == Some(true) {
+            low = mid + 1;
+        } else {
+            high = mid;
+        }
+    }
+    Ok(Some((first, low)))
+}
+
+/// An outbound message's progress, from its counters (no count over its
+/// transmissions): how many there are in all, sent, delivered, failed, and
+/// identities of a large broadcast not yet written as transmissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub total: i64,
+    pub sent: i64,
+    pub delivered: i64,
+    pub failed: i64,
+    pub expanding: i64,
+}
+
+impl Progress {
+    pub fn ended(&self) -> i64 {
+        self.sent + self.delivered + self.failed
+    }
+
+    pub fn finished(&self) -> bool {
+        self.expanding == 0 && self.ended() >= self.total
+    }
+}
+
+pub async fn progress(pool: &PgPool, message_id: i64) -> Result<Progress> {
+    let row: Option<(i32, i32, i32, i32, i64)> = sqlx::query_as(
+        "SELECT m.n_total, m.n_done, m.n_delivered, m.n_error,
+                coalesce((SELECT sum(cardinality(f.identities)) FROM dbrouter.fanouts f
+                           WHERE f.message_id = m.id), 0)::bigint
+           FROM dbrouter.messages m WHERE m.id = $1 AND m.direction = 'O'",
+    )
+    .bind(message_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((total, done, delivered, failed, expanding)) = row else {
+        return Err(Error::Input(format!(
+            "there is no outbound message {message_id}"
+        )));
+    };
+    Ok(Progress {
+        total: i64::from(total),
+        sent: i64::from(done - delivered),
+        delivered: i64::from(delivered),
+        failed: i64::from(failed),
+        expanding,
+    })
 }
 
 /// Pause a backend: its messages stay queued until it is resumed.

@@ -29,6 +29,7 @@ pub mod invariants;
 pub mod listen;
 pub mod metrics;
 pub mod outbound;
+pub mod progress;
 pub mod registry;
 pub mod schema;
 pub mod segments;

@@ -96,6 +96,28 @@ enum Command {
         key: Option<String>,
         text: String,
     },
+    /// Send one text to many phones (from a file, one a line), then follow
+    /// it to the end: a progress bar on a terminal, plain lines otherwise.
+    Broadcast {
+        #[arg(long, env = "DBROUTER_BACKEND")]
+        backend: String,
+        /// A file of phone numbers, one a line ("-": standard input).
+        #[arg(long, required_unless_present = "identities")]
+        file: Option<std::path::PathBuf>,
+        /// Repeat for several recipients (besides or instead of --file).
+        #[arg(long = "identity")]
+        identities: Vec<String>,
+        /// Not before this time (e.g. "2026-12-01 09:00+03").
+        #[arg(long)]
+        send_at: Option<String>,
+        /// Idempotency key: the same key again follows the first broadcast.
+        #[arg(long)]
+        key: Option<String>,
+        /// Enqueue and exit without following.
+        #[arg(long)]
+        detach: bool,
+        text: String,
+    },
     /// Cancel an outbound message: unsent transmissions end E "cancelled".
     Cancel { message_id: i64 },
     /// Delete final messages older than an age, in small batches.
@@ -114,7 +136,13 @@ enum Command {
     #[command(subcommand)]
     Optout(OptoutCommand),
     /// Queue depths, misconfigured backends and recent errors.
-    Status,
+    Status {
+        /// Show it again every --interval until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
     /// Manage backends.
     #[command(subcommand)]
     Backend(BackendCommand),
@@ -343,6 +371,10 @@ async fn main() -> Result<()> {
     let shutdown = match cli.command {
         Command::Worker(_) | Command::Serve { .. } => stop_on_signal()?,
         Command::Console(ref c) if !c.set_password => stop_on_signal()?,
+        // Following long work: a signal stops the following, not the work.
+        Command::Status { watch: true, .. } | Command::Broadcast { detach: false, .. } => {
+            stop_on_signal()?
+        }
         _ => CancellationToken::new(),
     };
     let connect = |n: u32| {
@@ -495,6 +527,31 @@ async fn main() -> Result<()> {
             let id = admin::send(&pool, backend, identities, text, &opts).await?;
             println!("queued outbound message {id}");
         }
+        Command::Broadcast {
+            backend,
+            file,
+            identities,
+            send_at,
+            key,
+            detach,
+            text,
+        } => {
+            let mut recipients = identities.clone();
+            if let Some(file) = file {
+                recipients.extend(read_identities(file)?);
+            }
+            let pool = connect(1).await?;
+            let opts = admin::SendOptions {
+                send_at: send_at.clone(),
+                client_key: key.clone(),
+                ..Default::default()
+            };
+            let id = admin::send(&pool, backend, &recipients, text, &opts).await?;
+            println!("queued broadcast {id} to {} identities", recipients.len());
+            if !detach {
+                follow(&pool, id, &shutdown).await?;
+            }
+        }
         Command::Cancel { message_id } => {
             let pool = connect(1).await?;
             let n = admin::cancel(&pool, *message_id).await?;
@@ -506,7 +563,19 @@ async fn main() -> Result<()> {
             pause,
         } => {
             let pool = connect(1).await?;
-            let n = admin::purge(&pool, *older_than, *batch_size, *pause).await?;
+            let span = admin::purge_span(&pool, *older_than).await?;
+            let (first, end) = span.unwrap_or((0, 0));
+            let total = u64::try_from(end - first).unwrap_or(0);
+            let mut meter = dbrouter::progress::Meter::new(total, "old ids walked");
+            let mut walked = 0;
+            let n = admin::purge(&pool, *older_than, *batch_size, *pause, |purged, last| {
+                walked = u64::try_from(last - first).unwrap_or(0).min(total);
+                meter.update(walked, total, &format!("{purged} messages purged"));
+            })
+            .await?;
+            if total > 0 {
+                meter.finish(total, total, &format!("{n} messages purged"));
+            }
             println!(
                 "purged {n} messages older than {}",
                 humantime::format_duration(*older_than)
@@ -529,9 +598,30 @@ async fn main() -> Result<()> {
                 OptoutCommand::List => print!("{}", admin::opt_out_list(&pool).await?),
             }
         }
-        Command::Status => {
+        Command::Status { watch, interval } => {
             let pool = connect(2).await?;
-            print!("{}", admin::status(&pool, &WorkerConfig::default()).await?);
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            loop {
+                let status = admin::status(&pool, &WorkerConfig::default()).await?;
+                if !watch {
+                    print!("{status}");
+                    break;
+                }
+                let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
+                if tty {
+                    // Clear the screen and draw again from the top.
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!(
+                    "dbrouter status at {now} (every {})\n\n{status}\n",
+                    humantime::format_duration(*interval)
+                );
+                std::io::Write::flush(&mut std::io::stdout())?;
+                tokio::select! {
+                    _ = tokio::time::sleep(*interval) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
         }
         Command::Backend(cmd) => {
             let pool = connect(1).await?;
@@ -592,6 +682,63 @@ async fn main() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Phone numbers, one a line, from a file or ("-") standard input; blank
+/// lines and `#` comments are skipped.
+fn read_identities(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .context("cannot read the phone numbers from standard input")?
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the phone numbers from {}", path.display()))?
+    };
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Follow a broadcast until every transmission has ended (SIGINT/SIGTERM
+/// stop the following, not the broadcast). Says so when nothing moves for a minute:
+/// no worker is running, or the backend is paused or rate-limited.
+async fn follow(pool: &sqlx::PgPool, id: i64, stop: &CancellationToken) -> Result<()> {
+    let mut p = admin::progress(pool, id).await?;
+    let total = |p: &admin::Progress| u64::try_from(p.total).unwrap_or(0);
+    let ended = |p: &admin::Progress| u64::try_from(p.ended()).unwrap_or(0);
+    let detail = |p: &admin::Progress| {
+        format!(
+            "{} sent, {} delivered, {} failed",
+            p.sent, p.delivered, p.failed
+        )
+    };
+    let mut meter = dbrouter::progress::Meter::new(total(&p), "transmissions ended");
+    let mut moved = std::time::Instant::now();
+    let mut warned = false;
+    while !p.finished() {
+        meter.update(ended(&p), total(&p), &detail(&p));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => {
+                eprintln!("stopped following; broadcast {id} goes on (dbrouter cancel {id} stops it)");
+                return Ok(());
+            }
+        }
+        let next = admin::progress(pool, id).await?;
+        if next != p {
+            moved = std::time::Instant::now();
+            warned = false;
+        } else if !warned && moved.elapsed() > Duration::from_secs(60) {
+            tracing::warn!(message = id, "no progress for a minute: is a worker running, and is the backend paused or rate-limited? (dbrouter status)");
+            warned = true;
+        }
+        p = next;
+    }
+    meter.finish(ended(&p), total(&p), &detail(&p));
     Ok(())
 }
 

@@ -512,3 +512,150 @@ async fn serve_serves_prometheus_metrics() {
     let _ = serve.wait();
     db.drop().await;
 }
+
+#[tokio::test]
+async fn broadcast_follows_to_the_end_and_purge_reports_progress_in_plain_lines() {
+    let db = TestDb::new().await;
+    let url = db.url.as_str();
+    db.backend("sms", "database", serde_json::json!({}), None)
+        .await;
+    db.exec("SELECT dbrouter.opt_out('sms', '+3')").await;
+    let list = std::env::temp_dir().join(format!("{}-recipients.txt", db.name));
+    std::fs::write(&list, "# clinic list\n+1\n\n+2\n+3\n+2\n").unwrap();
+    let _worker = common::spawn_worker(url, &["--poll-interval", "200ms"]);
+
+    // Piped (as here), the progress is plain lines on stderr, no control codes;
+    // the command returns once every transmission has ended.
+    let out = dbrouter(
+        url,
+        &[
+            "broadcast",
+            "--backend",
+            "sms",
+            "--file",
+            list.to_str().unwrap(),
+            "Clinic closed today",
+        ],
+    );
+    std::fs::remove_file(&list).ok();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("queued broadcast "), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains('\x1b'),
+        "control codes in a pipe: {stderr:?}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or("")
+            .starts_with("3 of 3 transmissions ended (100%): 2 sent, 0 delivered, 1 failed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM dbrouter.transmissions WHERE status = 'S'")
+            .await,
+        2
+    );
+
+    // --detach returns at once; a missing file says which.
+    let out = dbrouter(
+        url,
+        &[
+            "broadcast",
+            "--backend",
+            "sms",
+            "--identity",
+            "+4",
+            "--detach",
+            "x",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = dbrouter(
+        url,
+        &[
+            "broadcast",
+            "--backend",
+            "sms",
+            "--file",
+            "/nonexistent/list",
+            "x",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("cannot read the phone numbers from /nonexistent/list"),
+        "{}",
+        text(&out)
+    );
+
+    // Purge: the messages made old, then a line of progress and the total.
+    common::wait_until(
+        "every message ended",
+        std::time::Duration::from_secs(30),
+        || async {
+            db.scalar_i64("SELECT count(*) FROM dbrouter.messages WHERE status IN ('Q', 'P')")
+                .await
+                == 0
+        },
+    )
+    .await;
+    db.exec("UPDATE dbrouter.messages SET created_at = now() - interval '40 days', updated_at = now() - interval '40 days'")
+        .await;
+    let out = dbrouter(url, &["purge", "--older-than", "30d", "--batch-size", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("old ids walked (100%): 2 messages purged"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("purged 2 messages"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn status_watch_draws_again_until_interrupted() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let db = TestDb::new().await;
+    let mut child = common::Proc(
+        Command::new(env!("CARGO_BIN_EXE_dbrouter"))
+            .args(["status", "--watch", "--interval", "100ms"])
+            .env("DATABASE_URL", &db.url)
+            .env("DBROUTER_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run dbrouter status --watch"),
+    );
+    // Read every line to the end in a thread (a reader gone early would make
+    // the next drawing fail to write), telling each drawing's header.
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("dbrouter status at ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    for n in 1..=3 {
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("drawing {n} did not come"));
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "Ctrl-C ends the watch cleanly: {status:?}"
+    );
+    reader.join().unwrap();
+}

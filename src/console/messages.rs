@@ -294,39 +294,29 @@ struct Progress {
     expanding_text: String,
 }
 
-/// An outbound message's progress from its counters (kept by the
-/// transmissions' roll-up trigger: no count over a broadcast's rows), and the
-/// identities of a broadcast not yet written as transmissions.
-async fn progress_of(console: &Shared, id: i64) -> Result<Option<Progress>, sqlx::Error> {
-    let row: Option<(i32, i32, i32, i32, i64)> = sqlx::query_as(
-        "SELECT m.n_total, m.n_error, m.n_done, m.n_delivered,
-                coalesce((SELECT sum(cardinality(f.identities)) FROM dbrouter.fanouts f WHERE f.message_id = m.id), 0)::bigint
-           FROM dbrouter.messages m WHERE m.id = $1 AND m.direction = 'O'",
-    )
-    .bind(id)
-    .fetch_optional(&console.pool)
-    .await?;
-    Ok(row.map(|(total, error, done, delivered, expanding)| {
-        let (total, error, done, delivered) = (
-            i64::from(total),
-            i64::from(error),
-            i64::from(done),
-            i64::from(delivered),
-        );
-        let ended = error + done;
-        Progress {
-            total,
-            ended,
-            total_text: count(total),
-            ended_text: count(ended),
-            waiting: count(total - ended),
-            sent: count(done - delivered),
-            delivered: count(delivered),
-            failed: count(error),
-            finished: ended >= total && expanding == 0,
-            expanding,
-            expanding_text: count(expanding),
-        }
+/// An outbound message's progress ([`crate::admin::progress`]: its
+/// counters, no count over a broadcast's rows); `None` for an inbound or
+/// missing message.
+async fn progress_of(console: &Shared, id: i64) -> Result<Option<Progress>, Failure> {
+    let p = match crate::admin::progress(&console.pool, id).await {
+        Ok(p) => p,
+        Err(crate::Error::Input(_)) => return Ok(None),
+        Err(crate::Error::Db(e)) => return Err(e.into()),
+        Err(e) => return Err(Failure::Input(e.to_string())),
+    };
+    let ended = p.ended();
+    Ok(Some(Progress {
+        total: p.total,
+        ended,
+        total_text: count(p.total),
+        ended_text: count(ended),
+        waiting: count(p.total - ended),
+        sent: count(p.sent),
+        delivered: count(p.delivered),
+        failed: count(p.failed),
+        finished: p.finished(),
+        expanding: p.expanding,
+        expanding_text: count(p.expanding),
     }))
 }
 
