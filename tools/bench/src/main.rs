@@ -81,6 +81,10 @@ struct Args {
     /// the comparison row.
     #[arg(skip = Some("dbrouter_worker".to_string()))]
     worker_role: Option<String>,
+    /// Run the workers with --metrics-addr and scrape each every 5 s, as a
+    /// Prometheus server would (the comparison row of the metrics' cost).
+    #[arg(skip)]
+    scraped: bool,
     /// Run only these parts (for working on one figure); the table leaves
     /// out the rows of the others.
     #[arg(
@@ -148,6 +152,8 @@ struct Results {
     /// The 2-worker round trip with the workers as the superuser (no
     /// row-level security), beside the same as the worker role.
     superuser_round_trip: Option<RoundTrip>,
+    /// The 2-worker round trip with --metrics-addr, scraped every 5 s.
+    scraped_round_trip: Option<RoundTrip>,
     /// The broadcast end to end on tables holding a round trip's history.
     broadcast_after_round_trip_per_s: f64,
     wakeup_p50_ms: f64,
@@ -297,17 +303,52 @@ fn spawn_workers(args: &Args, url: &str, n: usize) -> Result<Vec<Child>> {
         ),
         None => url.to_string(),
     };
-    (0..n)
+    let mut scrape = vec![];
+    let children = (0..n)
         .map(|_| {
-            Command::new(&args.dbrouter)
-                .args(["worker", "--apps", "echo", "--poll-interval", "1s"])
+            let mut worker = Command::new(&args.dbrouter);
+            worker.args(["worker", "--apps", "echo", "--poll-interval", "1s"]);
+            if args.scraped {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
+                worker.args(["--metrics-addr", &format!("127.0.0.1:{port}")]);
+                scrape.push(format!("http://127.0.0.1:{port}/metrics"));
+            }
+            worker
                 .env("DATABASE_URL", &url)
                 .env("DBROUTER_LOG", "error")
                 .stdin(Stdio::null())
                 .spawn()
                 .with_context(|| format!("cannot start {}", args.dbrouter))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    if !scrape.is_empty() {
+        tokio::spawn(scrape_every_5s(scrape));
+    }
+    Ok(children)
+}
+
+/// Scrape every worker's /metrics every 5 s, as Prometheus would, until
+/// they have answered once and then all stop answering (the run is over).
+async fn scrape_every_5s(urls: Vec<String>) {
+    let http = reqwest::Client::new();
+    let mut answered = false;
+    loop {
+        let mut any = false;
+        for url in &urls {
+            if let Ok(r) = http.get(url).send().await {
+                any |= r.bytes().await.is_ok();
+            }
+        }
+        if answered && !any {
+            return;
+        }
+        answered |= any;
+        // Until the first answer, look again soon: the workers are starting.
+        let pause = if answered { 5_000 } else { 100 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
 }
 
 async fn stop_workers(pool: &PgPool, children: Vec<Child>) -> Result<()> {
@@ -872,6 +913,14 @@ async fn main() -> Result<()> {
             ..args.clone()
         };
         r.superuser_round_trip = Some(round_trip(&superuser, 2, tck, Via::Gateway).await?);
+        eprintln!(
+            "bench: round trip through the gateway, 2 workers with metrics scraped every 5 s"
+        );
+        let scraped = Args {
+            scraped: true,
+            ..args.clone()
+        };
+        r.scraped_round_trip = Some(round_trip(&scraped, 2, tck, Via::Gateway).await?);
     }
     if run(Part::Broadcast) {
         eprintln!("bench: broadcast");
@@ -1064,6 +1113,17 @@ fn table(r: &Results) -> String {
             two.msgs_per_s,
             su.msgs_per_s,
             two.msgs_per_s / su.msgs_per_s
+        ));
+    }
+    if let (Some(sc), Some(two)) = (&r.scraped_round_trip, by_workers.get(&2)) {
+        out.push_str(&format!(
+            "| round trip, 2 workers with `--metrics-addr`, scraped every 5 s | {:.0} msgs/s, {:.3} CPU ms/msg | without {:.0} msgs/s, {:.3} CPU ms/msg | {:.2} (CPU {:.2}) | ≥ 0.98 |\n",
+            sc.msgs_per_s,
+            sc.cpu_ms_per_msg,
+            two.msgs_per_s,
+            two.cpu_ms_per_msg,
+            sc.msgs_per_s / two.msgs_per_s,
+            two.cpu_ms_per_msg / sc.cpu_ms_per_msg
         ));
     }
     if let Some(d) = &r.database_round_trip {
