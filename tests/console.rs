@@ -393,18 +393,18 @@ async fn log_in(base: &str, user: &str, password: &str) -> (String, String) {
         .to_string();
     let page = form.text().await.unwrap();
     let nonce = between(&page, "name=\"nonce\" value=\"", "\"");
-    let r = http
-        .post(format!("{base}/login"))
-        .header("cookie", &login_cookie)
-        .form(&[
+    let r = post(
+        &http,
+        &format!("{base}/login"),
+        &login_cookie,
+        &[
             ("user", user),
             ("password", password),
             ("nonce", &nonce),
             ("next", "/"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(r.status(), 303, "logged in as {user}");
     let session = r
         .headers()
@@ -413,17 +413,33 @@ async fn log_in(base: &str, user: &str, password: &str) -> (String, String) {
         .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
         .find(|c| c.starts_with("dbrouter_session="))
         .expect("a session cookie");
-    let page = http
-        .get(format!("{base}/"))
-        .header("cookie", &session)
-        .send()
+    let page = get(&http, &format!("{base}/"), &session)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
     let csrf = between(&page, "name=\"csrf\" value=\"", "\"");
     (session, csrf)
+}
+
+/// A POST of a form with a session's cookie.
+async fn post<F: serde::Serialize + ?Sized>(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+    form: &F,
+) -> reqwest::Response {
+    http.post(url)
+        .header("cookie", cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A GET with a session's cookie.
+async fn get(http: &reqwest::Client, url: &str, cookie: &str) -> reqwest::Response {
+    http.get(url).header("cookie", cookie).send().await.unwrap()
 }
 
 fn between(page: &str, start: &str, end: &str) -> String {
@@ -472,13 +488,13 @@ async fn forms_without_the_sessions_csrf_token_or_by_a_read_only_user_change_not
         if let Some(t) = token {
             form.push(("csrf", t));
         }
-        let r = http
-            .post(format!("{base}/backends/sms/pause"))
-            .header("cookie", &session)
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
+        let r = post(
+            &http,
+            &format!("{base}/backends/sms/pause"),
+            &session,
+            &form,
+        )
+        .await;
         assert_eq!(r.status(), 403);
         assert!(r
             .text()
@@ -487,13 +503,13 @@ async fn forms_without_the_sessions_csrf_token_or_by_a_read_only_user_change_not
             .contains("CSRF token does not match"));
         assert_eq!(paused().await, 0, "a forged form paused the backend");
     }
-    let r = http
-        .post(format!("{base}/backends/sms/pause"))
-        .header("cookie", &session)
-        .form(&[("reason", "real"), ("csrf", &csrf)])
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &http,
+        &format!("{base}/backends/sms/pause"),
+        &session,
+        &[("reason", "real"), ("csrf", &csrf)],
+    )
+    .await;
     assert_eq!(r.status(), 303);
     assert_eq!(paused().await, 1);
 
@@ -508,13 +524,7 @@ async fn forms_without_the_sessions_csrf_token_or_by_a_read_only_user_change_not
     ];
     let mut at = vec![];
     for _ in 0..2 {
-        let r = http
-            .post(format!("{base}/broadcast/send"))
-            .header("cookie", &session)
-            .form(&send)
-            .send()
-            .await
-            .unwrap();
+        let r = post(&http, &format!("{base}/broadcast/send"), &session, &send).await;
         assert_eq!(r.status(), 303);
         at.push(r.headers()["location"].to_str().unwrap().to_string());
     }
@@ -528,13 +538,7 @@ async fn forms_without_the_sessions_csrf_token_or_by_a_read_only_user_change_not
     let mut bad = send;
     bad[1] = ("key", "fedcba9876543210fedc");
     bad[3] = ("recipients", "   ");
-    let r = http
-        .post(format!("{base}/broadcast/send"))
-        .header("cookie", &session)
-        .form(&bad)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&http, &format!("{base}/broadcast/send"), &session, &bad).await;
     assert!(r
         .text()
         .await
@@ -554,12 +558,8 @@ async fn forms_without_the_sessions_csrf_token_or_by_a_read_only_user_change_not
         String::from_utf8_lossy(&out.stderr)
     );
     let (viewer, viewer_csrf) = log_in(&base, "viewer", "just looking around").await;
-    let page = http
-        .get(format!("{base}/"))
-        .header("cookie", &viewer)
-        .send()
+    let page = get(&http, &format!("{base}/"), &viewer)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -567,13 +567,13 @@ async fn forms_without_the_sessions_csrf_token_or_by_a_read_only_user_change_not
         page.contains("read-only") && !page.contains("/resume\""),
         "{page}"
     );
-    let r = http
-        .post(format!("{base}/backends/sms/resume"))
-        .header("cookie", &viewer)
-        .form(&[("csrf", &viewer_csrf)])
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &http,
+        &format!("{base}/backends/sms/resume"),
+        &viewer,
+        &[("csrf", &viewer_csrf)],
+    )
+    .await;
     assert_eq!(r.status(), 403);
     assert_eq!(paused().await, 1, "a read-only user resumed a backend");
 
@@ -600,11 +600,6 @@ async fn forms_without_the_sessions_csrf_token_or_by_a_read_only_user_change_not
     // A new password ends the user's sessions.
     let out = set_password(&db.url, "admin", "another long password", &[]);
     assert!(out.status.success());
-    let r = http
-        .get(format!("{base}/"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
+    let r = get(&http, &format!("{base}/"), &session).await;
     assert_eq!(r.status(), 303);
 }

@@ -17,13 +17,14 @@ SELECT m.id,
        first.identity,
        first.backend
   FROM dbrouter.messages m
- CROSS JOIN LATERAL (
+  -- LEFT: a large broadcast has no transmissions until its parts are expanded.
+  LEFT JOIN LATERAL (
        SELECT c.identity, b.name AS backend
          FROM dbrouter.transmissions t
          JOIN dbrouter.connections c ON c.id = t.connection_id
          JOIN dbrouter.backends b ON b.id = t.backend_id
         WHERE t.message_id = m.id
-        ORDER BY t.id LIMIT 1) first
+        ORDER BY t.id LIMIT 1) first ON true
  WHERE ($1::bigint IS NULL OR m.id < $1)
    AND ($2::text IS NULL OR m.text ILIKE '%' || $2 || '%' ESCAPE '\')
    AND ($3::text IS NULL OR m.status = $3::char)

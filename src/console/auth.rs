@@ -127,7 +127,13 @@ fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -
 /// Where to go after logging in: only a path of this console.
 fn local_path(next: Option<&str>) -> &str {
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p,
+        Some(p)
+            if p.starts_with('/')
+                && !p.starts_with("//")
+                && p.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            p
+        }
         _ => "/",
     }
 }
@@ -402,6 +408,9 @@ mod tests {
         assert_eq!(local_path(Some("https://evil.example/")), "/");
         assert_eq!(local_path(Some("/\\evil.example")), "/");
         assert_eq!(local_path(None), "/");
+        // Never anything a Location header cannot carry.
+        assert_eq!(local_path(Some("/a\nSet-Cookie: x=1")), "/");
+        assert_eq!(local_path(Some("/é")), "/");
     }
 
     #[test]

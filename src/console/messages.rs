@@ -75,6 +75,9 @@ struct LogPage {
     problem: Option<String>,
 }
 
+/// id, direction, status, text, created_at, n_total, and the first
+/// transmission's identity and backend (none yet for a broadcast still
+/// being expanded).
 type LogRow = (
     i64,
     String,
@@ -82,8 +85,8 @@ type LogRow = (
     String,
     DateTime<Utc>,
     i32,
-    String,
-    String,
+    Option<String>,
+    Option<String>,
 );
 
 pub async fn log(
@@ -151,13 +154,13 @@ pub async fn log(
             |(id, direction, st, text, created_at, n_total, identity, backend)| {
                 let (status, status_class) = status(&direction, &st);
                 let inbound = direction == "I";
-                let who = if n_total > 1 {
-                    format!(
+                let who = match (identity, backend) {
+                    (Some(identity), Some(backend)) if n_total > 1 => format!(
                         "{identity} and {} more on {backend}",
                         count(i64::from(n_total) - 1)
-                    )
-                } else {
-                    format!("{identity} on {backend}")
+                    ),
+                    (Some(identity), Some(backend)) => format!("{identity} on {backend}"),
+                    _ => format!("{} recipients, being written", count(i64::from(n_total))),
                 };
                 Row {
                     id,
@@ -373,6 +376,13 @@ pub async fn page(
     Path(id): Path<i64>,
     Query(done): Query<Done>,
 ) -> Page {
+    // The progress before anything else: states only move forward, so the
+    // message and its tables are never older than a progress that says finished (a
+    // finished page is not refreshed).
+    let (progress, live) = match progress_of(&console, id).await? {
+        Some(p) => (p.render()?, !p.finished),
+        None => (String::new(), false),
+    };
     let row: Option<MessageRow> = sqlx::query_as(
         "SELECT direction::text AS direction, status::text AS status, text, created_at, send_at, expires_at, encoding, segments,
                 enqueued_by, error, in_response_to, n_total
@@ -500,10 +510,6 @@ pub async fn page(
         },
     })
     .collect();
-    let (progress, live) = match progress_of(&console, id).await? {
-        Some(p) => (p.render()?, !p.finished),
-        None => (String::new(), false),
-    };
     let notice = match done.done.as_deref() {
         Some("cancelled") => Some(format!(
             "Cancelled: {} unsent transmissions ended.",
