@@ -454,13 +454,23 @@ async fn main() -> Result<()> {
             tracing::info!("receiver stopped");
         }
         Command::Console(args) if args.set_password => {
+            // The variable, else asked for without echo on a terminal, else
+            // the first line of standard input (`echo ... | dbrouter console
+            // --set-password`).
             let password = match std::env::var("DBROUTER_CONSOLE_PASSWORD") {
                 Ok(p) => p,
-                Err(_) => {
+                Err(_) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
                     rpassword::prompt_password(format!("password for console user {}: ", args.user))
                         .context(
                             "cannot read the password; set DBROUTER_CONSOLE_PASSWORD or type it",
                         )?
+                }
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("cannot read the password from standard input")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
                 }
             };
             let pool = connect(1).await?;

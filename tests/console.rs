@@ -374,6 +374,16 @@ async fn an_operator_works_through_the_console_in_chromium() {
         0
     );
 
+    // A session that ends while a live page is open (expired, or its user's
+    // password changed): the page's next refresh takes the browser to the
+    // login instead of drawing the login form inside the table.
+    fill(c, "input[name=user]", "admin").await;
+    fill(c, "input[name=password]", PASSWORD).await;
+    click(c, "form button[type=submit]").await;
+    wait_for(c, "//h1[.='Backends']").await;
+    db.exec("DELETE FROM dbrouter.console_sessions").await;
+    wait_for(c, "//h1[.='Log in']").await;
+
     b.client.clone().close().await.expect("close chromium");
 }
 
@@ -577,6 +587,23 @@ async fn forms_without_the_sessions_csrf_token_or_by_a_read_only_user_change_not
     assert_eq!(r.status(), 403);
     assert_eq!(paused().await, 1, "a read-only user resumed a backend");
 
+    // A password piped in (no variable, no terminal) is the first line.
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_dbrouter"))
+        .args(["console", "--set-password", "--user", "piped"])
+        .env("DATABASE_URL", &db.url)
+        .env("DBROUTER_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run dbrouter console --set-password");
+    {
+        use std::io::Write;
+        let mut stdin = piped.stdin.take().expect("stdin");
+        stdin.write_all(b"a password from a pipe\n").unwrap();
+    }
+    assert!(piped.wait().unwrap().success());
+    log_in(&base, "piped", "a password from a pipe").await;
+
     // Passwords: too short is refused; only hashes are stored.
     let out = set_password(&db.url, "x", "short", &[]);
     assert!(!out.status.success());
@@ -586,7 +613,7 @@ async fn forms_without_the_sessions_csrf_token_or_by_a_read_only_user_change_not
             "SELECT count(*) FROM dbrouter.console_users WHERE password_hash LIKE '$argon2id$%'"
         )
         .await,
-        2
+        3
     );
     assert_eq!(
         db.scalar_i64(&format!(

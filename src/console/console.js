@@ -9,6 +9,8 @@ for (const el of document.querySelectorAll("[data-refresh]")) {
     if (!document.hidden) {
       try {
         const r = await fetch(el.dataset.refresh, { credentials: "same-origin" });
+        // Sent to the login (the session ended): the whole page goes there.
+        if (r.redirected) return location.reload();
         if (r.ok) el.innerHTML = await r.text();
       } catch (e) {
         // The console is restarting or the network blinked: try again later.

@@ -460,8 +460,16 @@ async fn connect(
     // (rusmppc speaks SMPP 5.0 and by default refuses to send a 3.4 bind;
     // dbrouter binds as 3.4, what SMSCs take, and sends only 3.4 PDUs)
     let mut builder = ConnectionBuilder::new();
-    if let Some(tls) = tls {
-        builder = builder.rustls_config(tls);
+    match tls {
+        Some(tls) => builder = builder.rustls_config(tls),
+        // smpps:// with the web's roots: rusmppc builds the TLS config from
+        // rustls's process-wide crypto provider, which rustls cannot choose
+        // when a dependency compiles in aws-lc-rs beside the ring this crate
+        // asks for (the browser tests' WebDriver client does). Choose ring;
+        // an already chosen provider stays.
+        None => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
     }
     let (client, events, connection) = builder
         .disable_interface_version_check()
