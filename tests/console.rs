@@ -492,7 +492,12 @@ async fn forms_without_the_sessions_csrf_token_or_by_a_read_only_user_change_not
     for token in [
         None,
         Some("0".repeat(64)),
-        Some(format!("{}0", &csrf[..63])),
+        // One character off (the last, changed whatever it was).
+        Some(format!(
+            "{}{}",
+            &csrf[..63],
+            if csrf.ends_with('0') { '1' } else { '0' }
+        )),
     ] {
         let mut form = vec![("reason", "forged".to_string())];
         if let Some(t) = token {

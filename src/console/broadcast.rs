@@ -76,17 +76,6 @@ struct PreviewPage {
     key: String,
 }
 
-async fn backends(console: &Shared) -> Result<Vec<String>, sqlx::Error> {
-    Ok(
-        sqlx::query_as::<_, (String,)>("SELECT name FROM dbrouter.backends ORDER BY name")
-            .fetch_all(&console.pool)
-            .await?
-            .into_iter()
-            .map(|b| b.0)
-            .collect(),
-    )
-}
-
 async fn compose_page(
     console: &Shared,
     session: &Session,
@@ -95,7 +84,7 @@ async fn compose_page(
 ) -> Page {
     Ok(view::render(&ComposePage {
         chrome: Chrome::new(console, session, "broadcast", "Broadcast"),
-        backends: backends(console).await?,
+        backends: super::backend_names(console).await?,
         form,
         problem,
     })?

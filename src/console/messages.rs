@@ -95,10 +95,7 @@ pub async fn log(
     Query(f): Query<Filter>,
 ) -> Page {
     let chrome = Chrome::new(&console, &session, "messages", "Messages");
-    let backends: Vec<(String,)> =
-        sqlx::query_as("SELECT name FROM dbrouter.backends ORDER BY name")
-            .fetch_all(&console.pool)
-            .await?;
+    let backends = super::backend_names(&console).await?;
     let statuses = vec![
         ("Q", "queued"),
         ("P", "sending"),
@@ -123,7 +120,7 @@ pub async fn log(
             return Ok(view::render(&LogPage {
                 chrome,
                 f,
-                backends: backends.into_iter().map(|b| b.0).collect(),
+                backends,
                 statuses,
                 rows: vec![],
                 next: None,
@@ -204,7 +201,7 @@ pub async fn log(
     Ok(view::render(&LogPage {
         chrome,
         f,
-        backends: backends.into_iter().map(|b| b.0).collect(),
+        backends,
         statuses,
         rows,
         next,
@@ -545,12 +542,14 @@ pub async fn cancel(
     Extension(session): Extension<Session>,
     Path(id): Path<i64>,
 ) -> Page {
-    let (n,): (i32,) = sqlx::query_as("SELECT dbrouter.cancel_message($1)")
-        .bind(id)
-        .fetch_one(&console.pool)
-        .await?;
-    tracing::info!(user = %session.user, message = id, ended = n, "console: message cancelled");
-    Ok(Redirect::to(&format!("/messages/{id}?done=cancelled&n={n}")).into_response())
+    act(
+        &console,
+        &session,
+        id,
+        "SELECT dbrouter.cancel_message($1)",
+        "cancelled",
+    )
+    .await
 }
 
 pub async fn requeue(
@@ -558,10 +557,24 @@ pub async fn requeue(
     Extension(session): Extension<Session>,
     Path(id): Path<i64>,
 ) -> Page {
-    let (n,): (i32,) = sqlx::query_as("SELECT dbrouter.requeue_message($1)")
+    act(
+        &console,
+        &session,
+        id,
+        "SELECT dbrouter.requeue_message($1)",
+        "requeued",
+    )
+    .await
+}
+
+/// Run one of the operators' functions on a message (it returns how many
+/// transmissions it changed), log who did it, and show the message again
+/// saying what was `done`.
+async fn act(console: &Shared, session: &Session, id: i64, sql: &'static str, done: &str) -> Page {
+    let n: i32 = sqlx::query_scalar(sql)
         .bind(id)
         .fetch_one(&console.pool)
         .await?;
-    tracing::info!(user = %session.user, message = id, requeued = n, "console: failed transmissions requeued");
-    Ok(Redirect::to(&format!("/messages/{id}?done=requeued&n={n}")).into_response())
+    tracing::info!(user = %session.user, message = id, transmissions = n, "console: message {done}");
+    Ok(Redirect::to(&format!("/messages/{id}?done={done}&n={n}")).into_response())
 }

@@ -225,3 +225,10 @@ impl IntoResponse for Failure {
 }
 
 type Page = Result<Response, Failure>;
+
+/// The backends' names, for the pages' pickers.
+async fn backend_names(console: &Console) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT name FROM dbrouter.backends ORDER BY name")
+        .fetch_all(&console.pool)
+        .await
+}

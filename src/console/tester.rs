@@ -90,13 +90,7 @@ async fn test_page(
     phone: Phone,
     problem: Option<String>,
 ) -> Page {
-    let backends: Vec<String> =
-        sqlx::query_as::<_, (String,)>("SELECT name FROM dbrouter.backends ORDER BY name")
-            .fetch_all(&console.pool)
-            .await?
-            .into_iter()
-            .map(|b| b.0)
-            .collect();
+    let backends = super::backend_names(console).await?;
     let conversation = match phone.first {
         Some(first) => conversation_of(console, first).await?.render()?,
         None => String::new(),
