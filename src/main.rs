@@ -576,14 +576,17 @@ async fn main() -> Result<()> {
             let span = admin::purge_span(&pool, *older_than).await?;
             let (first, end) = span.unwrap_or((0, 0));
             let total = u64::try_from(end - first).unwrap_or(0);
-            let mut meter = dbrouter::progress::Meter::new(total, "old ids walked");
-            let mut walked = 0;
+            // Nothing to walk, nothing to draw.
+            let mut meter =
+                (total > 0).then(|| dbrouter::progress::Meter::new(total, "old ids walked"));
             let n = admin::purge(&pool, *older_than, *batch_size, *pause, |purged, last| {
-                walked = u64::try_from(last - first).unwrap_or(0).min(total);
-                meter.update(walked, total, &format!("{purged} messages purged"));
+                if let Some(meter) = meter.as_mut() {
+                    let walked = u64::try_from(last - first).unwrap_or(0).min(total);
+                    meter.update(walked, total, &format!("{purged} messages purged"));
+                }
             })
             .await?;
-            if total > 0 {
+            if let Some(meter) = meter {
                 meter.finish(total, total, &format!("{n} messages purged"));
             }
             println!(

@@ -108,6 +108,16 @@ async fn each_role_can_do_exactly_its_list() {
             &["enqueue", "worker"],
         ),
         (
+            "broadcast_preview()",
+            "SELECT * FROM dbrouter.broadcast_preview('sms', ARRAY['+1', '+2'], 'x')".into(),
+            &["enqueue", "worker", "admin"],
+        ),
+        (
+            "read console users (their password hashes)",
+            "SELECT * FROM dbrouter.console_users".into(),
+            &["worker", "admin"],
+        ),
+        (
             "segments()",
             "SELECT dbrouter.segments('x')".into(),
             &["enqueue", "worker", "admin"],
@@ -690,6 +700,36 @@ async fn tenants_are_isolated_by_the_database() {
     assert!(
         refused.contains("not granted to tenant 'zeta'"),
         "{refused}"
+    );
+    // the preview tells nothing more of a backend not granted than of none
+    let preview = |backend: &'static str| {
+        let pool = db.pool.clone();
+        let role = app2.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL ROLE {role}")))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let row: (i32, Vec<String>, Option<f64>) = sqlx::query_as(
+                "SELECT recipients, problems, rate_limit FROM dbrouter.broadcast_preview($1, ARRAY['+1'], 'x')",
+            )
+            .bind(backend)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            row
+        }
+    };
+    let (not_granted, none) = (preview("sms").await, preview("nope").await);
+    assert_eq!(not_granted.0, 0);
+    assert!(
+        not_granted.1[0].contains("not granted to tenant 'zeta'"),
+        "{not_granted:?}"
+    );
+    assert_eq!(
+        (not_granted.1[0].replace("'sms'", "'B'"), not_granted.2),
+        (none.1[0].replace("'nope'", "'B'"), none.2)
     );
 
     // what each reads: its tenant's rows, through the table and the view
