@@ -128,6 +128,13 @@ async fn browser() -> Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // A test that failed never closed its session, and chromedriver is
+        // killed, not asked: end the chromium it started (found by its
+        // profile) so a failed run leaves no browser behind.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(format!("--user-data-dir={}", self._profile.display()))
+            .status();
         let _ = std::fs::remove_dir_all(&self._profile);
     }
 }
