@@ -284,7 +284,15 @@ async fn the_failure_policy_retries_fails_throttles_and_pauses() {
             gw.script.lock().unwrap().push_back(answer);
             *gw.otherwise.lock().unwrap() = Some(Answer::Status(200, vec![], "ok".into()));
             db.broadcast("g", &["+1".into()], "x").await;
-            worker.drain().await.unwrap();
+            // Until the gateway has given its scripted answer: a worker whose
+            // view of the backend is younger than its poll interval may still
+            // see the throttle the previous case set (and cleared), and
+            // send nothing on its first pass.
+            wait_until("the gateway is asked", Duration::from_secs(30), || async {
+                worker.drain().await.unwrap();
+                gw.script.lock().unwrap().is_empty()
+            })
+            .await;
             db.scalar_str(
                 "SELECT status || '|' || attempts || '|' || (due_at IS NOT NULL) || '|' || coalesce(last_error, '')
                    FROM dbrouter.transmissions",
