@@ -61,9 +61,11 @@ pub async fn set_password(
         Argon2::default()
             .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
             .map(|h| h.to_string())
+            .map_err(|e| e.to_string())
     })
     .await
-    .map_err(|e| Error::Config(format!("hashing the password failed: {e}")))?
+    .map_err(|e| e.to_string())
+    .and_then(|hashed| hashed)
     .map_err(|e| Error::Config(format!("hashing the password failed: {e}")))?;
     let (inserted,): (bool,) = sqlx::query_as(
         "INSERT INTO dbrouter.console_users (name, password_hash, read_only) VALUES ($1, $2, $3)

@@ -174,11 +174,7 @@ pub async fn pause(
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| format!("paused by {} in the console", session.user));
-    sqlx::query("SELECT dbrouter.pause_backend($1, $2)")
-        .bind(&name)
-        .bind(&reason)
-        .execute(&console.pool)
-        .await?;
+    crate::admin::backend_pause(&console.pool, &name, &reason).await?;
     tracing::info!(user = %session.user, backend = %name, %reason, "console: backend paused");
     Ok(Redirect::to(&format!("/?done=paused&backend={name}")).into_response())
 }
@@ -188,10 +184,7 @@ pub async fn resume(
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
 ) -> Page {
-    sqlx::query("SELECT dbrouter.resume_backend($1)")
-        .bind(&name)
-        .execute(&console.pool)
-        .await?;
+    crate::admin::backend_resume(&console.pool, &name).await?;
     tracing::info!(user = %session.user, backend = %name, "console: backend resumed");
     Ok(Redirect::to(&format!("/?done=resumed&backend={name}")).into_response())
 }

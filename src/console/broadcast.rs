@@ -203,18 +203,21 @@ pub async fn send(
         .await;
     }
     let identities = form.identities();
-    let sent: Result<(i64,), sqlx::Error> = sqlx::query_as(
-        "SELECT dbrouter.broadcast($1, $2, $3, send_at => $4::timestamptz, client_key => $5)",
+    let options = crate::admin::SendOptions {
+        send_at: form.send_at().map(str::to_string),
+        client_key: Some(format!("console:{}", form.key)),
+        ..Default::default()
+    };
+    let sent = crate::admin::send(
+        &console.pool,
+        &form.backend,
+        &identities,
+        &form.text,
+        &options,
     )
-    .bind(&form.backend)
-    .bind(&identities)
-    .bind(&form.text)
-    .bind(form.send_at())
-    .bind(format!("console:{}", form.key))
-    .fetch_one(&console.pool)
     .await;
     let id = match sent.map_err(super::Failure::from) {
-        Ok((id,)) => id,
+        Ok(id) => id,
         Err(super::Failure::Input(problem)) => {
             return compose_page(&console, &session, form, Some(problem)).await
         }

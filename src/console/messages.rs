@@ -114,35 +114,11 @@ pub async fn log(
             .map(|t| Some(t.and_utc()))
             .ok_or_else(|| format!("{what} {d:?} is not a date; write it as 2026-12-31"))
     };
-    let (since, until) = match (date(&f.since, "from", 0), date(&f.until, "until", 1)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(p), _) | (_, Err(p)) => {
-            return Ok(view::render(&LogPage {
-                chrome,
-                f,
-                backends,
-                statuses,
-                rows: vec![],
-                next: None,
-                problem: Some(p),
-            })?
-            .into_response())
-        }
+    // A date that is not one is said on the page; nothing is searched.
+    let (found, problem) = match (date(&f.since, "from", 0), date(&f.until, "until", 1)) {
+        (Ok(since), Ok(until)) => (search(&console, &f, since, until).await?, None),
+        (Err(p), _) | (_, Err(p)) => (vec![], Some(p)),
     };
-    let mut tx = console.pool.begin().await?;
-    sqlx::query(STATEMENT_TIMEOUT).execute(&mut *tx).await?;
-    let found: Vec<LogRow> = sqlx::query_as(LOG)
-        .bind(f.before)
-        .bind(some(&f.q).map(like_escaped))
-        .bind(some(&f.status))
-        .bind(some(&f.direction))
-        .bind(since)
-        .bind(until)
-        .bind(some(&f.identity))
-        .bind(some(&f.backend))
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.commit().await?;
     let more = found.len() > 50;
     let rows: Vec<Row> = found
         .into_iter()
@@ -205,9 +181,34 @@ pub async fn log(
         statuses,
         rows,
         next,
-        problem: None,
+        problem,
     })?
     .into_response())
+}
+
+/// sql/console/messages.sql with the form's filters, under the console's
+/// statement timeout.
+async fn search(
+    console: &Shared,
+    f: &Filter,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Result<Vec<LogRow>, sqlx::Error> {
+    let mut tx = console.pool.begin().await?;
+    sqlx::query(STATEMENT_TIMEOUT).execute(&mut *tx).await?;
+    let found = sqlx::query_as(LOG)
+        .bind(f.before)
+        .bind(some(&f.q).map(like_escaped))
+        .bind(some(&f.status))
+        .bind(some(&f.direction))
+        .bind(since)
+        .bind(until)
+        .bind(some(&f.identity))
+        .bind(some(&f.backend))
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(found)
 }
 
 pub struct Message {
@@ -301,8 +302,7 @@ async fn progress_of(console: &Shared, id: i64) -> Result<Option<Progress>, Fail
     let p = match crate::admin::progress(&console.pool, id).await {
         Ok(p) => p,
         Err(crate::Error::Input(_)) => return Ok(None),
-        Err(crate::Error::Db(e)) => return Err(e.into()),
-        Err(e) => return Err(Failure::Input(e.to_string())),
+        Err(e) => return Err(e.into()),
     };
     let ended = p.ended();
     Ok(Some(Progress {
@@ -542,14 +542,9 @@ pub async fn cancel(
     Extension(session): Extension<Session>,
     Path(id): Path<i64>,
 ) -> Page {
-    act(
-        &console,
-        &session,
-        id,
-        "SELECT dbrouter.cancel_message($1)",
-        "cancelled",
-    )
-    .await
+    let n = crate::admin::cancel(&console.pool, id).await?;
+    tracing::info!(user = %session.user, message = id, ended = n, "console: message cancelled");
+    Ok(Redirect::to(&format!("/messages/{id}?done=cancelled&n={n}")).into_response())
 }
 
 pub async fn requeue(
@@ -557,24 +552,10 @@ pub async fn requeue(
     Extension(session): Extension<Session>,
     Path(id): Path<i64>,
 ) -> Page {
-    act(
-        &console,
-        &session,
-        id,
-        "SELECT dbrouter.requeue_message($1)",
-        "requeued",
-    )
-    .await
-}
-
-/// Run one of the operators' functions on a message (it returns how many
-/// transmissions it changed), log who did it, and show the message again
-/// saying what was `done`.
-async fn act(console: &Shared, session: &Session, id: i64, sql: &'static str, done: &str) -> Page {
-    let n: i32 = sqlx::query_scalar(sql)
+    let n: i32 = sqlx::query_scalar("SELECT dbrouter.requeue_message($1)")
         .bind(id)
         .fetch_one(&console.pool)
         .await?;
-    tracing::info!(user = %session.user, message = id, transmissions = n, "console: message {done}");
-    Ok(Redirect::to(&format!("/messages/{id}?done={done}&n={n}")).into_response())
+    tracing::info!(user = %session.user, message = id, requeued = n, "console: failed transmissions requeued");
+    Ok(Redirect::to(&format!("/messages/{id}?done=requeued&n={n}")).into_response())
 }

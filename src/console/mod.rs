@@ -204,6 +204,17 @@ impl From<sqlx::Error> for Failure {
     }
 }
 
+/// What the library's operator functions ([`crate::admin`]) refuse is the
+/// user's to fix; a database error is sorted as above.
+impl From<crate::Error> for Failure {
+    fn from(e: crate::Error) -> Self {
+        match e {
+            crate::Error::Db(e) => e.into(),
+            other => Failure::Input(other.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let status = match &self {

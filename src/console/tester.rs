@@ -137,8 +137,7 @@ pub async fn send(
         Err(crate::Error::Input(problem)) => {
             return test_page(&console, &session, phone, Some(problem)).await
         }
-        Err(crate::Error::Db(e)) => return Err(e.into()),
-        Err(e) => return Err(Failure::Input(e.to_string())),
+        Err(e) => return Err(e.into()),
     };
     tracing::info!(user = %session.user, message = id, backend = %phone.backend, "console: test message from a phone");
     // The same phone goes on with the same conversation; another starts anew.
